@@ -1,0 +1,3 @@
+from bcrdist.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,51 @@
+"""The `bcrdist` command line: one subcommand per job, each implemented in the module that owns it.
+
+Each entry of `SUBCOMMANDS` names a module that provides `add_arguments(parser)` and `run(args) -> int`.
+Modules are imported only when their subcommand runs, so `bcrdist --help` stays fast. User errors
+(`BcrdistError`, `ValueError`, missing files) print one line and exit with status 2; set
+BCRDIST_TRACEBACK=1 to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from bcrdist.errors import BcrdistError
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "import-keras": ("bcrdist.compat.cli", "convert a Keras save_weights file into a bcrdist checkpoint"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bcrdist import __version__
+
+    parser = argparse.ArgumentParser(prog="bcrdist", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"bcrdist {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in SUBCOMMANDS:
+        parser.parse_args(argv or ["--help"])
+        return 2
+    name = argv[0]
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    sub = argparse.ArgumentParser(prog=f"bcrdist {name}", description=SUBCOMMANDS[name][1])
+    module.add_arguments(sub)
+    args = sub.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except (BcrdistError, ValueError, FileNotFoundError) as exc:
+        if os.environ.get("BCRDIST_TRACEBACK"):
+            raise
+        print(f"bcrdist {name}: error: {exc}", file=sys.stderr)
+        return 2
