@@ -1,0 +1,134 @@
+"""BCR-Net for 2D inverse scattering (Fan & Ying; the original `scatteringInv.py` recipe), channels-first.
+
+Input `measure` (B, Ns, Nd): Ns centre angles (periodic), Nd detector offsets used as channels.
+Output η on the polar grid (B, Nt, Nr), Nt = Ns angles, Nr radii. With α = alpha, L = levels,
+m = Ns // 2^L made odd (m ← 2⌊(m+1)/2⌋ − 1):
+
+1. CNNK1D(Nd → α, w_comp, linear) → (B, α, Ns).
+2. Wavelets ℓ = 1 … L: bt_ℓ = WaveLetC1D(α → 2α, 6, no bias)(b_{ℓ−1}) → (B, 2α, Ns/2^ℓ);
+   b_ℓ = channels [α, 2α) (scaling), channels [0, α) are the wavelet coefficients.
+3. Coarsest level: d = n_cnn × CNNK1D(α, m, relu)(b_L).
+4. ℓ = L … 1: d1 = n_cnn × CNNK1D(2α, 5, relu)(bt_ℓ); "triangle add" d = [d1[:α], d1[α:] + d];
+   d = InvWaveLetC1D(2α, 3, n_out = Ns/2^(ℓ−1), no bias)(d) → (B, α, Ns/2^(ℓ−1)).
+5. Auxiliary head Img = CNNK1D(α → Nr, w_comp, linear)(d) → (B, Nt, Nr).
+6. Refinement on Img as one 2D channel: (n_cnn3 − 1) × [periodic pad 1 in angle, zero pad 1 on both sides
+   in radius, Conv2d(4, 3×3, relu)], then the same pads and Conv2d(1, 3×3, linear).
+7. Output = Img + refinement.
+
+All periodic boundary conditions ('period'); Glorot-uniform kernels and zero biases, as Keras.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bcrdist.mnn._common import check_positive, glorot_uniform_
+from bcrdist.mnn.conv import CNNK1D
+from bcrdist.mnn.padding import period_pad
+from bcrdist.mnn.wavelet import InvWaveLetC1D, WaveLetC1D
+
+WAVELET_SUPPORT = 6
+BAND_WIDTH = 5
+REFINE_CHANNELS = 4
+
+
+def default_levels(ns: int) -> int:
+    """The original's number of levels: ⌊log2 Ns⌋ − 2."""
+    return int(math.floor(math.log2(ns))) - 2
+
+
+class RefineConv2d(nn.Conv2d):
+    """3×3 convolution of the 2D refinement with the Keras Conv2D defaults (glorot_uniform, zero bias)."""
+
+    keras_name = "conv2d"
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, 3)
+        glorot_uniform_(self.weight, 9 * in_channels, 9 * out_channels)
+        nn.init.zeros_(self.bias)
+
+
+class BCRNet(nn.Module):
+    """BCR-Net: (B, Ns, Nd) → (B, Nt, Nr); see the module docstring for the architecture."""
+
+    def __init__(self, n_input=(160, 80), n_output=(160, 80), alpha: int = 40, n_cnn: int = 6, n_cnn3: int = 5,
+                 w_comp: int = 1, levels: int | None = None):
+        super().__init__()
+        ns, nd = n_input
+        nt, nr = n_output
+        for arg, v in (("Ns", ns), ("Nd", nd), ("Nt", nt), ("Nr", nr)):
+            check_positive(v, "BCRNet", arg)
+        check_positive(alpha, "BCRNet", "alpha")
+        check_positive(n_cnn, "BCRNet", "n_cnn")
+        if not isinstance(n_cnn3, int) or n_cnn3 < 1:
+            raise ValueError(f"BCRNet: n_cnn3 must be a positive int, got {n_cnn3!r}")
+        if ns != nt:
+            raise ValueError(f"BCRNet: the angle axes must agree, got Ns={ns} and Nt={nt}")
+        L = default_levels(ns) if levels is None else levels
+        if not isinstance(L, int) or L < 1:
+            raise ValueError(f"BCRNet: needs at least 1 level, got levels={L} for Ns={ns}")
+        if ns % 2 ** L:
+            raise ValueError(f"BCRNet: Ns={ns} is not divisible by 2^levels = {2 ** L}")
+        m = ns // 2 ** L
+        m = 2 * ((m + 1) // 2) - 1
+        if m < 1:
+            raise ValueError(f"BCRNet: coarse size Ns/2^levels = {ns // 2 ** L} is too small")
+        self.n_input, self.n_output = (ns, nd), (nt, nr)
+        self.alpha, self.n_cnn, self.n_cnn3, self.w_comp, self.levels, self.m = alpha, n_cnn, n_cnn3, w_comp, L, m
+        a = alpha
+        self.compress = CNNK1D(nd, a, w_comp)
+        self.wavelets = nn.ModuleList(WaveLetC1D(a, 2 * a, WAVELET_SUPPORT, use_bias=False) for _ in range(L))
+        self.coarse = nn.Sequential(*[CNNK1D(a, a, m, activation="relu") for _ in range(n_cnn)])
+        # level_chains[i] and inv_wavelets[i] act at level ℓ = L − i (applied from coarse to fine)
+        self.level_chains = nn.ModuleList(
+            nn.Sequential(*[CNNK1D(2 * a, 2 * a, BAND_WIDTH, activation="relu") for _ in range(n_cnn)])
+            for _ in range(L))
+        self.inv_wavelets = nn.ModuleList(
+            InvWaveLetC1D(2 * a, 2 * a, 3, n_out=ns // 2 ** (level - 1), use_bias=False)
+            for level in range(L, 0, -1))
+        self.head = CNNK1D(a, nr, w_comp)
+        chans = [1] + [REFINE_CHANNELS] * (n_cnn3 - 1) + [1]
+        self.refine = nn.ModuleList(RefineConv2d(chans[i], chans[i + 1]) for i in range(n_cnn3))
+
+    def forward(self, x: torch.Tensor, return_aux: bool = False):
+        """x (B, Ns, Nd) → η (B, Nt, Nr); with `return_aux` also the auxiliary head (B, Nt, Nr)."""
+        if x.dim() != 3 or tuple(x.shape[1:]) != self.n_input:
+            raise ValueError(f"BCRNet: expected input (B, {self.n_input[0]}, {self.n_input[1]}), "
+                             f"got {tuple(x.shape)}")
+        a = self.alpha
+        b = self.compress(x.transpose(1, 2))                     # (B, α, Ns)
+        details = []
+        for wavelet in self.wavelets:
+            bt = wavelet(b)                                       # (B, 2α, Ns/2^ℓ)
+            details.append(bt)
+            b = bt[:, a:]
+        d = self.coarse(b)
+        for chain, inv, bt in zip(self.level_chains, self.inv_wavelets, reversed(details)):
+            d1 = chain(bt)
+            d = inv(torch.cat([d1[:, :a], d1[:, a:] + d], dim=1))  # (B, α, Ns/2^(ℓ−1))
+        img = self.head(d).transpose(1, 2)                        # (B, Nt, Nr)
+        y = img.unsqueeze(1)
+        for i, conv in enumerate(self.refine):
+            y = F.pad(period_pad(y, ((1, 1), (0, 0))), (1, 1))   # periodic in angle, zero in radius
+            y = conv(y)
+            if i < len(self.refine) - 1:
+                y = F.relu(y)
+        out = img + y[:, 0]
+        return (out, img) if return_aux else out
+
+    def keras_layers(self) -> list[tuple[str, nn.Module]]:
+        """Weighted layers in the original script's creation order (for Keras weight import)."""
+        modules: list[nn.Module] = [self.compress, *self.wavelets, *self.coarse]
+        for chain, inv in zip(self.level_chains, self.inv_wavelets):
+            modules += [*chain, inv]
+        modules += [self.head, *self.refine]
+        return [(m.keras_name, m) for m in modules]
+
+    def config(self) -> dict:
+        """Constructor arguments, to rebuild the model from a checkpoint."""
+        return {"n_input": list(self.n_input), "n_output": list(self.n_output), "alpha": self.alpha,
+                "n_cnn": self.n_cnn, "n_cnn3": self.n_cnn3, "w_comp": self.w_comp, "levels": self.levels}
