@@ -16,7 +16,15 @@ import sys
 from bcrdist.errors import BcrdistError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("bcrdist.train.cli", "train BCR-Net (one rank; launch with torchrun, srun or mpiexec)"),
+    "evaluate": ("bcrdist.train.evaluate", "exact metrics, predictions and plots of a checkpoint on a split"),
+    "predict": ("bcrdist.inference", "predict η from measurements with a trained checkpoint"),
     "import-keras": ("bcrdist.compat.cli", "convert a Keras save_weights file into a bcrdist checkpoint"),
+    "shard": ("bcrdist.data.cli_shard", "convert an original HDF5 data file into a sharded data set"),
+    "verify": ("bcrdist.data.cli_verify", "check a sharded data set: checksums, shapes, dtypes, NaN/inf, splits"),
+    "merge": ("bcrdist.data.cli_merge", "write a sharded data set back into one HDF5 file (original layout)"),
+    "split": ("bcrdist.data.cli_split", "write train/val/test split files for a sharded data set"),
+    "stats": ("bcrdist.data.cli_stats", "compute per-field min/max/mean/std and store them in the manifest"),
 }
 
 

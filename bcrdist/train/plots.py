@@ -1,0 +1,114 @@
+"""PNG plots of evaluation results (matplotlib, Agg backend).
+
+Polar images are (Nt, Nr) arrays on θ_j = 2πj/Nt, ρ_i = (i + ½)·R/Nr; the Cartesian view resamples them
+onto an n×n grid of [−R, R]² (bilinear in (θ, ρ), periodic in θ, NaN outside the disk).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def polar_to_cartesian(img: np.ndarray, n: int = 96) -> np.ndarray:
+    """(Nt, Nr) polar image → (n, n) Cartesian image on [−R, R]² (R = 1 in grid units), NaN outside."""
+    nt, nr = img.shape
+    c = (np.arange(n) + 0.5) / n * 2 - 1
+    x, y = np.meshgrid(c, c, indexing="ij")
+    rho = np.hypot(x, y) * nr - 0.5                       # fractional radial index
+    theta = (np.arctan2(y, x) % (2 * math.pi)) / (2 * math.pi) * nt
+    t0 = np.floor(theta).astype(int)
+    ft = theta - t0
+    r0 = np.clip(np.floor(rho).astype(int), 0, nr - 1)
+    r1 = np.clip(r0 + 1, 0, nr - 1)
+    fr = np.clip(rho - np.floor(rho), 0, 1)
+    fr = np.where(rho < 0, 0, fr)
+    t0m, t1m = t0 % nt, (t0 + 1) % nt
+    out = ((1 - ft) * ((1 - fr) * img[t0m, r0] + fr * img[t0m, r1])
+           + ft * ((1 - fr) * img[t1m, r0] + fr * img[t1m, r1]))
+    out[np.hypot(x, y) > 1] = np.nan
+    return out
+
+
+def plot_samples(true: np.ndarray, pred: np.ndarray, errors: np.ndarray, indices, path: Path) -> Path:
+    """True / predicted / error for each sample (rows), in polar (θ, ρ) and Cartesian views.
+
+    true, pred (K, Nt, Nr); errors (K,) the per-sample relative errors; indices the global sample ids.
+    """
+    k = len(true)
+    fig, axes = plt.subplots(k, 5, figsize=(17, 3.2 * k), squeeze=False)
+    for row in range(k):
+        t, p = true[row], pred[row]
+        lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+        err = p - t
+        bound = float(np.abs(err).max()) or 1.0
+        panels = [(t.T, "true η (polar)", "viridis", lo, hi), (p.T, "predicted η (polar)", "viridis", lo, hi),
+                  (err.T, "error (polar)", "RdBu_r", -bound, bound)]
+        for col, (im, title, cmap, vmin, vmax) in enumerate(panels):
+            ax = axes[row, col]
+            h = ax.imshow(im, origin="lower", aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
+                          extent=(0, 360, 0, 1))
+            ax.set_title(f"sample {indices[row]}: {title}" if col == 0 else title, fontsize=9)
+            ax.set_xlabel("θ (degrees)")
+            ax.set_ylabel("ρ / R")
+            fig.colorbar(h, ax=ax, fraction=0.046)
+        for col, (im, title) in enumerate(((t, "true η (Cartesian)"), (p, "predicted η (Cartesian)")), start=3):
+            ax = axes[row, col]
+            h = ax.imshow(polar_to_cartesian(im).T, origin="lower", cmap="viridis", vmin=lo, vmax=hi,
+                          extent=(-1, 1, -1, 1))
+            ax.set_title(title + (f", rel. error {errors[row]:.3f}" if col == 4 else ""), fontsize=9)
+            ax.set_xlabel("x / R")
+            ax.set_ylabel("y / R")
+            fig.colorbar(h, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_error_histogram(errors: np.ndarray, path: Path, label: str = "radius-weighted relative error") -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(errors, bins=min(50, max(10, len(errors) // 5)), color="tab:blue", alpha=0.8)
+    ax.axvline(float(np.mean(errors)), color="k", linestyle="--", label=f"mean {np.mean(errors):.4f}")
+    ax.set_xlabel(label)
+    ax.set_ylabel("samples")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_training_curves(metrics_path: Path, path: Path) -> Path | None:
+    """Training loss and validation errors per epoch from a run's metrics.jsonl; None if it is absent."""
+    metrics_path = Path(metrics_path)
+    if not metrics_path.is_file():
+        return None
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return None
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.semilogy(epochs, [r["train_loss"] if r["train_loss"] is not None else np.nan for r in rows])
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("training loss (MSE)")
+    ax2.semilogy(epochs, [r["val_error"] for r in rows], label="output")
+    ax2.semilogy(epochs, [r["val_error_aux"] for r in rows], label="auxiliary head", alpha=0.7)
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("validation error")
+    ax2.legend()
+    for r0, r1 in zip(rows, rows[1:]):
+        if (r1["phase"], r1["stage"]) != (r0["phase"], r0["stage"]):
+            for ax in (ax1, ax2):
+                ax.axvline(r0["epoch"], color="gray", lw=0.5, ls=":")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

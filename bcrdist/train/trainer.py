@@ -1,0 +1,455 @@
+"""The training loop: the original BCR-Net recipe under DDP, readable top to bottom.
+
+`train(cfg)` initialises the process group, builds data, model and optimizer, then runs the stages of
+`bcrdist.train.schedule` with the SaveBestModel rules of `bcrdist.train.early_stop`. Every decision
+(improvement, reduce-LR, stop, NaN rollback, preemption) is taken from values that are identical on all
+ranks (all-reduced errors, or rank 0's decision broadcast), so every rank reaches every collective.
+Rank 0 alone writes files; checkpoints are atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from bcrdist import __version__
+from bcrdist.config import to_dict
+from bcrdist.dist import DistContext, init_distributed, shutdown_distributed
+from bcrdist.errors import ConfigError
+from bcrdist.models.scattering import ScatteringModel
+from bcrdist.train.checkpoint import (atomic_save, load_checkpoint, load_model_state, model_state,
+                                      remove_stale_temporaries, unwrap)
+from bcrdist.train.config import TrainConfig
+from bcrdist.train.data import TrainingData
+from bcrdist.train.early_stop import BestModelTracker
+from bcrdist.train.logging import RunLogger
+from bcrdist.train.metrics import ErrorAccumulator, per_sample_error
+from bcrdist.train.preemption import PreemptionFlag, requeue_slurm_job
+from bcrdist.train.schedule import (FINETUNE_STAGES, PRETRAIN_STAGES, Stage, build_stages,
+                                    initial_value_stage)
+
+EXIT_REQUEUED = 0
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite losses: training stopped with the best weights kept."""
+
+
+def make_optimizer(cfg: TrainConfig, params, lr: float) -> torch.optim.Optimizer:
+    if cfg.optim.name == "nadam":
+        # Keras 2.2 Nadam: β = (0.9, 0.999), ε = K.epsilon() = 1e-7, schedule_decay 0.004
+        return torch.optim.NAdam(params, lr=lr, betas=(0.9, 0.999), eps=1e-7, momentum_decay=0.004)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.optim.weight_decay)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds the model initialisation; data order and noise are functions of (seed, epoch, sample) alone."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class Trainer:
+    """Holds the run's state; `run()` executes the schedule and returns the results dict."""
+
+    def __init__(self, cfg: TrainConfig, ctx: DistContext):
+        self.cfg, self.ctx = cfg, ctx
+        self.run_dir = Path(cfg.run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        rt = cfg.runtime
+        if rt.threads:
+            torch.set_num_threads(rt.threads)
+        if rt.deterministic:
+            torch.use_deterministic_algorithms(True)
+        if ctx.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = rt.tf32
+            torch.backends.cudnn.allow_tf32 = rt.tf32
+        if ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.ckpt_dir)
+        ctx.barrier()
+        self.log = RunLogger(self.run_dir, enabled=ctx.is_main)
+        seed_everything(cfg.seed)
+
+        self.data = TrainingData(cfg, ctx)
+        ns, nd = self.data.input_shape
+        nt, nr = self.data.target_shape
+        m = cfg.model
+        net_config = {"n_input": (ns, nd), "n_output": (nt, nr), "alpha": m.alpha, "n_cnn": m.n_cnn,
+                      "n_cnn3": m.n_cnn3, "w_comp": m.w_comp, "levels": m.levels}
+        try:
+            self.model = ScatteringModel(net_config, antipodal=cfg.data.antipodal, use_imag=cfg.data.use_imag)
+        except ValueError as exc:
+            raise ConfigError(f"model: {exc} (data {cfg.data.path}: input {ns}×{nd}, target {nt}×{nr})") from None
+        shift, scale, out_scale = self.data.normalization()
+        self.model.set_normalization(shift, scale, out_scale)
+        self.model.to(ctx.device)
+        ctx.broadcast_module(self.model)
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+
+        self.ddp = DDP(self.model) if ctx.distributed else self.model
+        use_compile = rt.compile == "true" or (rt.compile == "auto" and ctx.device.type == "cuda")
+        self.forward = torch.compile(self.ddp) if use_compile else self.ddp
+        self.amp_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(rt.precision)
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=rt.precision == "16-mixed")
+
+        s = cfg.schedule
+        if s.initial_weights:
+            self._load_initial_weights(s.initial_weights)
+            self.stages = initial_value_stage(cfg.optim.lr, s.epochs)
+            patience = max(s.epochs // 40, 40)
+            self.tracker = BestModelTracker(patience=patience, rel_threshold=s.rel_threshold, test_weight=1.0,
+                                            reduce_lr=True, patience_lr=s.patience_lr or 20,
+                                            factor=math.sqrt(0.1), min_lr=cfg.optim.lr / 100,
+                                            keras_compat=s.keras_compat)
+        else:
+            self.stages = build_stages(
+                s.batch_size, cfg.optim.lr, s.epochs, pretrain=s.pretrain, finetune=s.finetune,
+                keras_compat=s.keras_compat,
+                pretrain_stages=tuple(s.pretrain_stages or PRETRAIN_STAGES),
+                finetune_stages=tuple(s.finetune_stages or FINETUNE_STAGES))
+            self.tracker = BestModelTracker(patience=s.patience, rel_threshold=s.rel_threshold,
+                                            test_weight=0.0 if s.pretrain else s.test_weight,
+                                            reduce_lr=s.reduce_lr, patience_lr=s.patience_lr,
+                                            factor=s.reduce_lr_factor, min_lr=cfg.optim.lr / 100,
+                                            keras_compat=s.keras_compat)
+        for stage in self.stages:
+            if stage.global_batch % ctx.world_size:
+                raise ConfigError(f"schedule.batch_size: stage {stage.name} has global batch {stage.global_batch}, "
+                                  f"not divisible by the world size {ctx.world_size}")
+        self.optimizer = make_optimizer(cfg, self.model.parameters(), self.stages[0].lr)
+        self.best_state = model_state(self.model)
+        self.pos = {"stage": 0, "epoch": self.stages[0].start_epoch, "batch": 0, "step": 0,
+                    "stage_started": False}
+        self.lr = self.stages[0].lr
+        self.nan_failures = 0
+        self.stop_reason = ""
+        self.preempt = PreemptionFlag(("USR2" if rt.requeue_signal.upper() == "USR2" else rt.requeue_signal, "TERM"))
+
+    # ------------------------------------------------------------------ checkpoints
+    def _load_initial_weights(self, path: str) -> None:
+        if path.endswith(".h5"):
+            from bcrdist.compat.keras import load_keras_weights
+            load_keras_weights(self.model.net, path)
+        else:
+            load_model_state(self.model, load_checkpoint(path)["model"])
+        self.model.to(self.ctx.device)
+
+    def checkpoint_dict(self) -> dict:
+        return {
+            "format": "bcrdist-checkpoint-1", "version": __version__,
+            "model": model_state(self.model), "model_config": self.model.extra_config(),
+            "best_model": self.best_state,
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "position": dict(self.pos), "lr": self.lr, "nan_failures": self.nan_failures,
+            "tracker": self.tracker.state_dict(), "data": self.data.state_dict(),
+            "rng": torch.get_rng_state(), "config": to_dict(self.cfg), "world_size": self.ctx.world_size,
+        }
+
+    def save(self, name: str) -> None:
+        """Rank 0 writes checkpoints/NAME.pt atomically; all ranks wait for it."""
+        if self.ctx.is_main:
+            atomic_save(self.checkpoint_dict(), self.ckpt_dir / f"{name}.pt")
+        self.ctx.barrier()
+
+    def save_best(self) -> None:
+        self.best_state = model_state(self.model)
+        if self.ctx.is_main:
+            atomic_save({"format": "bcrdist-checkpoint-1", "version": __version__, "model": self.best_state,
+                         "model_config": self.model.extra_config(), "config": to_dict(self.cfg),
+                         "tracker": self.tracker.state_dict(), "position": dict(self.pos)},
+                        self.ckpt_dir / "best.pt")
+
+    def reload_best(self) -> None:
+        load_model_state(self.model, self.best_state)
+
+    def resume(self, path: Path) -> None:
+        ck = load_checkpoint(path)
+        if ck.get("world_size") != self.ctx.world_size:
+            self.log.info(f"note: {path} was written with world size {ck.get('world_size')}, "
+                          f"resuming with {self.ctx.world_size}")
+        load_model_state(self.model, ck["model"])
+        self.best_state = ck["best_model"]
+        self.pos = dict(ck["position"])
+        self.lr = ck["lr"]
+        self.nan_failures = ck["nan_failures"]
+        self.tracker.load_state_dict(ck["tracker"])
+        self.optimizer = make_optimizer(self.cfg, self.model.parameters(), self.lr)
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scaler.load_state_dict(ck["scaler"])
+        self.data.load_state_dict(ck["data"])
+        torch.set_rng_state(ck["rng"])
+        self.log.info(f"resumed from {path} at stage {self.stages[self.pos['stage']].name}, "
+                      f"epoch {self.pos['epoch']}, batch {self.pos['batch']}, step {self.pos['step']}")
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, phase: str) -> dict:
+        """Exact errors over the validation set (and the fixed training subset when fine-tuning)."""
+        self.model.eval()
+        metric = self.cfg.schedule.metric
+        acc = {"out": ErrorAccumulator(), "aux": ErrorAccumulator(), "train": ErrorAccumulator()}
+        for x, y in self.data.eval_batches("val"):
+            out, aux = self.model(x, return_aux=True)
+            acc["out"].add(per_sample_error(metric, out.float(), y))
+            acc["aux"].add(per_sample_error(metric, aux.float(), y))
+        if phase == "finetune" and self.tracker.test_weight < 1:
+            for x, y in self.data.eval_batches("train_subset"):
+                acc["train"].add(per_sample_error(metric, self.model(x).float(), y))
+        self.model.train()
+        return {k: a.reduce(self.ctx) for k, a in acc.items()}
+
+    def judge(self, stage: Stage, errors: dict, epoch: int, at_start: bool):
+        """Feed the tracker with the slots of this phase; returns (improved, decision or None)."""
+        if stage.phase == "pretrain":
+            a, b = errors["out"]["mean"], errors["aux"]["mean"]
+        else:
+            a = errors["train"]["mean"] if errors["train"]["count"] else errors["out"]["mean"]
+            b = errors["out"]["mean"]
+        improved = self.tracker.evaluate(epoch, a, b, at_stage_start=at_start)
+        if improved:
+            self.save_best()
+        decision = None if at_start else self.tracker.after_epoch(epoch, self.lr)
+        return improved, decision
+
+    # ------------------------------------------------------------------ training
+    def train_step(self, stage: Stage, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One optimizer step on this rank's batch; returns the global mean loss (NaN if any rank's is)."""
+        w_out, w_aux = self.cfg.schedule.loss_weights
+        amp = (torch.autocast(self.ctx.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext())
+        with amp:
+            if stage.phase == "pretrain":
+                out, aux = self.forward(x, return_aux=True)
+                loss = w_out * F.mse_loss(out.float(), y) + w_aux * F.mse_loss(aux.float(), y)
+            else:
+                loss = F.mse_loss(self.forward(x).float(), y)
+        global_loss = float(self.ctx.all_reduce_sum(loss.detach().double().reshape(1)).item()) / self.ctx.world_size
+        if not math.isfinite(global_loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            return global_loss
+        self.scaler.scale(loss).backward()
+        if self.cfg.optim.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return global_loss
+
+    def handle_nan(self, stage: Stage) -> None:
+        self.nan_failures += 1
+        limit = self.cfg.schedule.max_nan_failures
+        if self.nan_failures > limit:
+            raise TrainingDiverged(f"training diverged: {self.nan_failures} non-finite losses (limit "
+                                   f"schedule.max_nan_failures = {limit}); best weights kept in "
+                                   f"{self.ckpt_dir / 'best.pt'}")
+        self.reload_best()
+        self.lr *= self.cfg.schedule.nan_lr_factor
+        self.optimizer = make_optimizer(self.cfg, self.model.parameters(), self.lr)
+        self.log.info(f"non-finite loss in {stage.name} at step {self.pos['step']}: rolled back to the best "
+                      f"weights, lr → {self.lr:.3g} ({self.nan_failures}/{limit})")
+
+    def run(self) -> dict:
+        cfg, ctx = self.cfg, self.ctx
+        last = self.ckpt_dir / "last.pt"
+        resume = cfg.checkpoint.resume
+        if resume == "auto" and ctx.broadcast_object(last.is_file()):
+            self.resume(last)
+        elif resume not in (None, "auto"):
+            self.resume(Path(resume))
+        elif ctx.is_main:
+            with open(self.run_dir / "config.yaml", "w") as f:
+                yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+        self.log.info(f"bcrdist {__version__}: {ctx.world_size} rank(s) via {ctx.env.method} on {ctx.device}; "
+                      f"{self.n_params:,} parameters; {len(self.stages)} stages; data {cfg.data.path} "
+                      f"(train {self.data.n_train}, val {self.data.n_val})")
+        t_start = time.time()
+        stopped_by = ""
+        try:
+            stopped_by = self._run_stages()
+        finally:
+            self.preempt.restore()
+        if stopped_by == "preempted":
+            return {"status": "preempted"}
+        self.reload_best()
+        results = self.finish(time.time() - t_start)
+        return results
+
+    def _run_stages(self) -> str:
+        cfg, ctx = self.cfg, self.ctx
+        max_steps = cfg.schedule.max_steps
+        while self.pos["stage"] < len(self.stages):
+            stage = self.stages[self.pos["stage"]]
+            per_rank = stage.global_batch // ctx.world_size
+            if not self.pos["stage_started"]:
+                prev = self.stages[self.pos["stage"] - 1] if self.pos["stage"] else None
+                if prev is not None and (prev.phase != stage.phase or cfg.optim.reset_each_stage):
+                    self.optimizer = make_optimizer(cfg, self.model.parameters(), stage.lr)
+                if prev is not None and prev.phase != stage.phase:
+                    self.tracker.set_test_weight(cfg.schedule.test_weight)
+                self.lr = stage.lr
+                self.tracker.start_stage(stage.start_epoch)
+                errors = self.evaluate(stage.phase)
+                self.judge(stage, errors, stage.start_epoch, at_start=True)
+                self.pos.update(epoch=stage.start_epoch, batch=0, stage_started=True)
+                self.log.info(f"stage {stage.name}: global batch {stage.global_batch}, lr {stage.lr:.3g}, "
+                              f"epochs [{stage.start_epoch}, {stage.end_epoch}); start error "
+                              f"{errors['out']['mean']:.4g}")
+            set_lr(self.optimizer, self.lr)
+            stop_stage = False
+            while self.pos["epoch"] < stage.end_epoch and not stop_stage:
+                epoch = self.pos["epoch"]
+                t0, wait, n_samples, losses = time.time(), 0.0, 0, []
+                batches = self.data.train_batches(epoch, per_rank, skip=self.pos["batch"])
+                t_wait = time.time()
+                for x, y in batches:
+                    wait += time.time() - t_wait
+                    loss = self.train_step(stage, x, y)
+                    if not math.isfinite(loss):
+                        self.handle_nan(stage)
+                        set_lr(self.optimizer, self.lr)
+                    else:
+                        losses.append(loss)
+                    self.pos["batch"] += 1
+                    self.pos["step"] += 1
+                    n_samples += stage.global_batch
+                    if self.pos["step"] % cfg.checkpoint.every_steps == 0:
+                        self.save("last")
+                    if ctx.any(self.preempt.requested):
+                        return self._preempted()
+                    if max_steps is not None and self.pos["step"] >= max_steps:
+                        break
+                    t_wait = time.time()
+                else:
+                    self.pos["epoch"] += 1
+                    self.pos["batch"] = 0
+                elapsed = time.time() - t0
+                errors = self.evaluate(stage.phase)
+                improved, decision = self.judge(stage, errors, epoch, at_start=False)
+                decision = ctx.broadcast_object(decision)
+                if decision.reduce_lr:
+                    self.reload_best()
+                    self.lr = decision.new_lr
+                    set_lr(self.optimizer, self.lr)
+                    self.log.info(f"reduce lr to {self.lr:.3g} and reload the best weights")
+                self.log.metrics({
+                    "phase": stage.phase, "stage": stage.index, "epoch": epoch + 1, "step": self.pos["step"],
+                    "lr": self.lr, "global_batch": stage.global_batch,
+                    "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                    "val_error": errors["out"]["mean"], "val_error_aux": errors["aux"]["mean"],
+                    "val_error_max": errors["out"]["max"],
+                    "train_subset_error": errors["train"]["mean"] if errors["train"]["count"] else None,
+                    "best_error": self.tracker.best_err, "improved": improved,
+                    "samples_per_s": n_samples / max(elapsed, 1e-9), "data_wait_share": wait / max(elapsed, 1e-9),
+                    "wall_time": time.time(),
+                })
+                if max_steps is not None and self.pos["step"] >= max_steps:
+                    self.stop_reason = f"reached schedule.max_steps = {max_steps}"
+                    self.save("last")
+                    return "max_steps"
+                if decision.stop:
+                    self.log.info(f"stage {stage.name}: early stop after epoch {epoch + 1}: {decision.reason}")
+                    stop_stage = True
+            # Keras semantics: the next stage starts at this stage's planned end, from the best weights
+            self.reload_best()
+            self.pos.update(stage=self.pos["stage"] + 1, epoch=stage.end_epoch, batch=0, stage_started=False)
+            self.save("last")
+        self.stop_reason = self.stop_reason or "schedule complete"
+        return "complete"
+
+    def _preempted(self) -> str:
+        self.log.info(f"received SIG{self.preempt.signal_name or '?'}: saving last.pt at step {self.pos['step']}")
+        self.save("last")
+        if self.ctx.is_main:
+            requeue_slurm_job(self.log.info)
+        self.ctx.barrier()
+        return "preempted"
+
+    # ------------------------------------------------------------------ the end
+    def finish(self, wall: float) -> dict:
+        errors = {}
+        for split in ("val", "test"):
+            if self.data.has_split(split):
+                acc = {name: ErrorAccumulator() for name in ("weighted", "rel_l2", "psnr")}
+                with torch.no_grad():
+                    self.model.eval()
+                    for x, y in self.data.eval_batches(split, limit=None):
+                        out = self.model(x).float()
+                        for name in acc:
+                            acc[name].add(per_sample_error(name, out, y))
+                    self.model.train()
+                errors[split] = {name: a.reduce(self.ctx) for name, a in acc.items()}
+                errors[split]["psnr"] = {k: (-v if k in ("mean", "max") else v)
+                                         for k, v in errors[split]["psnr"].items()}
+        results = {
+            "run_dir": str(self.run_dir), "data": self.cfg.data.path, "parameters": self.n_params,
+            "world_size": self.ctx.world_size, "steps": self.pos["step"], "epochs": self.pos["epoch"],
+            "stop_reason": self.stop_reason, "best_selection_error": self.tracker.best_err,
+            "best_epoch": self.tracker.best_epoch, "errors": errors, "wall_time_s": wall,
+            "n_train": self.data.n_train,
+        }
+        if self.ctx.is_main:
+            atomic_save_json(results, self.run_dir / "results.json")
+            if self.cfg.results_table:
+                self.append_results_row(results)
+            test = errors.get("test", errors.get("val", {})).get("weighted", {})
+            self.log.info(f"done: {self.stop_reason}; test radius-weighted relative error "
+                          f"{test.get('mean', float('nan')):.4f}; results in {self.run_dir / 'results.json'}")
+        self.ctx.barrier()
+        return results
+
+    def append_results_row(self, results: dict) -> None:
+        """One tab-separated row per run, like the original's tr2dInvNoise.txt (header on creation)."""
+        path = Path(self.cfg.results_table)
+        if not path.is_absolute():
+            path = self.run_dir.parent / path
+        test = results["errors"].get("test", {}).get("weighted", {})
+        cfg = self.cfg
+        row = [cfg.data.path, str(self.run_dir), cfg.model.alpha, cfg.model.n_cnn, cfg.model.n_cnn3,
+               cfg.schedule.batch_size, self.data.n_train, test.get("count", 0), self.n_params,
+               cfg.schedule.epochs, results["epochs"], cfg.data.noise, results["best_selection_error"],
+               test.get("mean", float("nan")), test.get("max", float("nan")), test.get("std", float("nan"))]
+        header = ["data", "run_dir", "alpha", "n_cnn", "n_cnn3", "batch_size", "n_train", "n_test", "parameters",
+                  "epoch_unit", "epochs_run", "noise", "best_val_error", "test_error_mean", "test_error_max",
+                  "test_error_std"]
+        new = not path.exists()
+        with open(path, "a") as f:
+            if new:
+                f.write("\t".join(header) + "\n")
+            f.write("\t".join(str(v) for v in row) + "\n")
+
+
+def atomic_save_json(obj: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run training in this process (one rank of whatever launched it)."""
+    ctx = init_distributed(cfg.runtime.device)
+    try:
+        return Trainer(cfg, ctx).run()
+    finally:
+        shutdown_distributed()
+        sys.stdout.flush()
