@@ -8,6 +8,7 @@ Every config section is a dataclass; `load_config(path, cls, overrides)` reads t
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -18,6 +19,24 @@ import yaml
 from bcrdist.errors import ConfigError
 
 T = TypeVar("T")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads 1e-3 as a float (PyYAML follows YAML 1.1, where it is a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
 
 
 def _type_name(tp: Any) -> str:
@@ -42,7 +61,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 continue
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if origin is typing.Literal:
-        if value not in typing.get_args(tp):
+        choices = typing.get_args(tp)
+        if isinstance(value, bool) and str(value).lower() in choices:
+            value = str(value).lower()      # YAML reads `compile: false` as a bool
+        elif isinstance(value, int) and str(value) in choices:
+            value = str(value)              # and `precision: 32` as an int
+        if value not in choices:
             choices = ", ".join(repr(a) for a in typing.get_args(tp))
             raise ConfigError(f"{where}: expected one of {choices}, got {value!r}")
         return value
@@ -86,27 +110,25 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys; `where` prefixes error messages."""
+def from_dict(cls: type[T], data: dict, where: str = "") -> T:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys; `where` is the dotted section name."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    section = f"{where}." if where else ""
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known keys: {', '.join(sorted(fields))})")
+        raise ConfigError(f"unknown key '{section}{unknown[0]}' (known keys: {', '.join(sorted(fields))})")
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
+        kwargs[name] = _coerce(value, hints[name], f"{section}{name}")
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
-        raise ConfigError(f"{where}: missing required key '{missing[0]}'")
+        raise ConfigError(f"missing required key '{section}{missing[0]}'")
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if validate is not None:
-        try:
-            validate()
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+        validate()      # its messages name the full dotted key
     return obj
 
 
@@ -117,7 +139,7 @@ def apply_overrides(data: dict, overrides: list[str] | None, where: str) -> dict
             raise ConfigError(f"{where}: override '{item}' is not of the form key=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
+            value = parse_yaml(raw)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{where}: override '{item}': value is not valid YAML ({exc})") from None
         node = data
@@ -136,7 +158,7 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
@@ -151,9 +173,12 @@ def read_yaml(path: str | Path) -> dict:
 def load_config(path: str | Path | None, cls: type[T], overrides: list[str] | None = None) -> T:
     """Load YAML file `path` (or nothing) plus `overrides` into dataclass `cls`, validated."""
     data = read_yaml(path) if path is not None else {}
-    where = str(path) if path is not None else "config"
-    apply_overrides(data, overrides, where)
-    return from_dict(cls, data, where)
+    source = str(path) if path is not None else "config"
+    apply_overrides(data, overrides, source)
+    try:
+        return from_dict(cls, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def to_dict(obj: Any) -> dict:

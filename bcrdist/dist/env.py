@@ -35,6 +35,7 @@ class LaunchEnv:
     local_rank: int
     master_addr: str = ""
     master_port: int = 0
+    local_world_size: int = 1
 
 
 def parse_nodelist(nodelist: str) -> list[str]:
@@ -69,7 +70,8 @@ def _int(env: Mapping[str, str], name: str) -> int:
 
 def _torchrun(env: Mapping[str, str]) -> LaunchEnv:
     return LaunchEnv("torchrun", _int(env, "RANK"), _int(env, "WORLD_SIZE"), _int(env, "LOCAL_RANK"),
-                     env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", "29500")))
+                     env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", "29500")),
+                     int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])))
 
 
 def _slurm(env: Mapping[str, str]) -> LaunchEnv:
@@ -77,7 +79,10 @@ def _slurm(env: Mapping[str, str]) -> LaunchEnv:
     hosts = parse_nodelist(env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", ""))
     addr = env.get("MASTER_ADDR") or (hosts[0] if hosts else "127.0.0.1")
     port = int(env["MASTER_PORT"]) if "MASTER_PORT" in env else slurm_port(env.get("SLURM_JOB_ID", "0"))
-    return LaunchEnv("slurm", _int(env, "SLURM_PROCID"), world, _int(env, "SLURM_LOCALID"), addr, port)
+    # SLURM_STEP_TASKS_PER_NODE looks like "2(x3)" or "2,1": tasks on this node ≤ the first count
+    per_node = re.match(r"\d+", env.get("SLURM_STEP_TASKS_PER_NODE", env.get("SLURM_TASKS_PER_NODE", "1")))
+    local_world = int(per_node.group()) if per_node else 1
+    return LaunchEnv("slurm", _int(env, "SLURM_PROCID"), world, _int(env, "SLURM_LOCALID"), addr, port, local_world)
 
 
 def _mpi() -> LaunchEnv:
@@ -85,7 +90,9 @@ def _mpi() -> LaunchEnv:
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
-    local_rank = comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank).Get_rank()
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
+    local_rank, local_size = node.Get_rank(), node.Get_size()
+    node.Free()
     if rank == 0:
         with socket.socket() as s:
             s.bind(("", 0))
@@ -94,7 +101,7 @@ def _mpi() -> LaunchEnv:
     else:
         root = None
     addr, port = comm.bcast(root, root=0)
-    return LaunchEnv("mpi", rank, size, local_rank, addr, port)
+    return LaunchEnv("mpi", rank, size, local_rank, addr, port, local_size)
 
 
 def launched_by_mpi(env: Mapping[str, str] | None = None) -> bool:
@@ -112,6 +119,9 @@ def detect_environment(env: Mapping[str, str] | None = None) -> LaunchEnv:
     if forced == "torchrun" or (not forced and by_torchrun):
         return _torchrun(env)
     in_step = "SLURM_STEP_ID" in env or "SLURM_STEPID" in env
+    mpi_size = env.get("OMPI_COMM_WORLD_SIZE") or env.get("PMI_SIZE")
+    if in_step and mpi_size and mpi_size != env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS")):
+        in_step = False     # mpirun inside an allocation: ranks inherit its daemons' Slurm variables
     if forced == "slurm" or (not forced and "SLURM_PROCID" in env and in_step):
         return _slurm(env)
     if not forced and "SLURM_JOB_ID" in env and not in_step and int(env.get("SLURM_NTASKS", "1")) > 1:

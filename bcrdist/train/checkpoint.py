@@ -51,6 +51,9 @@ def atomic_save(obj: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)      # mkstemp makes 0600; a shared run directory needs the usual mode
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)

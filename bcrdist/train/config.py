@@ -132,22 +132,3 @@ class TrainConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     results_table: str | None = "results.tsv"    # one row appended per run, like the original's tr2dInvNoise.txt
 
-
-# The original script's flags → config keys (values converted as noted in train/cli.py).
-ORIGINAL_FLAGS = {
-    "--epoch": "schedule.epochs",
-    "--alpha": "model.alpha",
-    "--n-cnn": "model.n_cnn",
-    "--n-cnn3": "model.n_cnn3",
-    "--noise": "data.noise",
-    "--lr": "optim.lr",
-    "--batch-size": "schedule.batch_size",
-    "--percent": None,                 # split rule: applied by `bcrdist split`, see train/cli.py
-    "--initialvalue": "schedule.initial_weights",
-    "--w-comp": "model.w_comp",
-    "--data-path": None,               # joined with --input-prefix into data.path
-    "--log-path": None,                # joined with --output-suffix into run_dir
-    "--input-prefix": None,
-    "--output-suffix": None,
-    "--verbose": None,
-}

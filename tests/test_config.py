@@ -1,0 +1,317 @@
+"""Typed YAML configuration (bcrdist.config) and the training config dataclasses (bcrdist.train.config)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from bcrdist.config import apply_overrides, from_dict, load_config, read_yaml, to_dict
+from bcrdist.errors import ConfigError
+from bcrdist.train.config import DataConfig, ModelConfig, ScheduleConfig, TrainConfig
+
+
+# A small schema exercising every annotation kind the loader supports.
+@dataclass
+class Inner:
+    name: str = "x"
+    count: int = 1
+    scale: float = 1.0
+    flag: bool = False
+    mode: Literal["a", "b"] = "a"
+    limit: float | None = None
+    depth: int | None = None
+
+
+@dataclass
+class Outer:
+    inner: Inner = field(default_factory=Inner)
+    pair: tuple[float, float] = (1.0, 1.0)
+    sizes: tuple[int, ...] = (1,)
+    items: list[int] = field(default_factory=list)
+    stages: list[tuple[int, float]] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Required:
+    must: int
+    other: int = 0
+
+
+def write(tmp_path, text, name="cfg.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def config_error(fn, *args, **kwargs) -> str:
+    with pytest.raises(ConfigError) as err:
+        fn(*args, **kwargs)
+    return str(err.value)
+
+
+# --------------------------------------------------------------------------------------- happy paths
+def test_defaults_without_file():
+    cfg = load_config(None, TrainConfig)
+    assert cfg == TrainConfig()
+    assert load_config(None, Outer) == Outer()
+
+
+def test_load_full_file(tmp_path):
+    path = write(tmp_path, """
+inner:
+  name: hello
+  count: 3
+  scale: 2          # int → float
+  flag: true
+  mode: b
+  limit: null
+  depth: 4
+pair: [1, 2.5]
+sizes: [4, 5, 6]
+items: [7, 8]
+stages: [[1, 1], [2, 0.5]]
+extra: {k: v}
+""")
+    cfg = load_config(path, Outer)
+    assert cfg.inner == Inner("hello", 3, 2.0, True, "b", None, 4)
+    assert isinstance(cfg.inner.scale, float)
+    assert cfg.pair == (1.0, 2.5) and isinstance(cfg.pair, tuple) and isinstance(cfg.pair[0], float)
+    assert cfg.sizes == (4, 5, 6) and isinstance(cfg.sizes, tuple)
+    assert cfg.items == [7, 8] and isinstance(cfg.items, list)
+    assert cfg.stages == [(1, 1.0), (2, 0.5)] and all(isinstance(s, tuple) for s in cfg.stages)
+    assert isinstance(cfg.stages[0][1], float)
+    assert cfg.extra == {"k": "v"}
+
+
+def test_train_config_file_round_trip(tmp_path):
+    path = write(tmp_path, """
+run_dir: runs/x
+seed: 3
+data: {path: data/fan, noise: 5, percent: 0.8}
+model: {alpha: 80, levels: null}
+optim: {name: adamw, lr: 0.002, grad_clip: 1}
+schedule:
+  batch_size: 16
+  pretrain_stages: [[1, 1.0], [2, 0.5]]
+  loss_weights: [0.5, 0.5]
+  metric: psnr
+runtime: {device: cpu, precision: bf16-mixed}
+results_table: null
+""")
+    cfg = load_config(path, TrainConfig)
+    assert cfg.data.noise == 5.0 and cfg.data.percent == 0.8 and cfg.model.alpha == 80
+    assert cfg.optim.name == "adamw" and cfg.optim.grad_clip == 1.0
+    assert cfg.schedule.pretrain_stages == [(1, 1.0), (2, 0.5)] and cfg.schedule.loss_weights == (0.5, 0.5)
+    assert cfg.schedule.metric == "psnr" and cfg.runtime.precision == "bf16-mixed"
+    assert cfg.results_table is None
+    # to_dict → YAML mapping → the same config
+    assert from_dict(TrainConfig, to_dict(cfg), "x") == cfg
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    assert load_config(write(tmp_path, ""), TrainConfig) == TrainConfig()
+    assert load_config(write(tmp_path, "# only a comment\n", "c.yaml"), TrainConfig) == TrainConfig()
+
+
+# ------------------------------------------------------------------------------------------ unknown keys
+def test_unknown_top_level_key_names_file_and_key(tmp_path):
+    path = write(tmp_path, "seed: 1\nepochs: 5\n")
+    msg = config_error(load_config, path, TrainConfig)
+    assert str(path) in msg and "'epochs'" in msg
+    assert "schedule" in msg                               # lists the known keys
+
+
+def test_unknown_nested_key_names_file_and_dotted_key(tmp_path):
+    path = write(tmp_path, "schedule:\n  patiense: 3\n")
+    msg = config_error(load_config, path, TrainConfig)
+    assert str(path) in msg
+    assert re.search(r"schedule\W.*patiense", msg), msg
+    assert "patience" in msg                               # the known keys help spot the typo
+    msg = config_error(load_config, write(tmp_path, "inner: {nmae: 1}\n", "o.yaml"), Outer)
+    assert re.search(r"inner\W.*nmae", msg), msg
+
+
+# -------------------------------------------------------------------------------------------- types
+@pytest.mark.parametrize("yaml_text, key, expect", [
+    ("inner: {name: 3}", "inner.name", "string"),              # int for str
+    ("inner: {count: three}", "inner.count", "integer"),       # str for int
+    ("inner: {count: true}", "inner.count", "integer"),        # bool is not an int
+    ("inner: {count: 2.5}", "inner.count", "integer"),
+    ("inner: {flag: 1}", "inner.flag", "true or false"),       # int is not a bool
+    ("inner: {flag: 'yes please'}", "inner.flag", "true or false"),
+    ("inner: {scale: false}", "inner.scale", "number"),        # bool is not a float
+    ("inner: {scale: abc}", "inner.scale", "number"),
+    ("inner: {mode: c}", "inner.mode", "'a', 'b'"),            # Literal choices listed
+    ("inner: {limit: abc}", "inner.limit", "None"),            # Optional[float]
+    ("inner: {depth: true}", "inner.depth", "int"),
+    ("inner: 5", "inner", "mapping"),
+    ("pair: [1, 2, 3]", "pair", "2 items"),
+    ("pair: 1", "pair", "list"),
+    ("pair: [1, x]", "pair[1]", "number"),
+    ("sizes: [1, 2.5]", "sizes[1]", "integer"),
+    ("items: 'abc'", "items", "list"),
+    ("stages: [[1.5, 1]]", "stages", "expected"),
+    ("extra: [1]", "extra", "dict"),
+])
+def test_wrong_types_name_file_and_key(tmp_path, yaml_text, key, expect):
+    path = write(tmp_path, yaml_text + "\n")
+    msg = config_error(load_config, path, Outer)
+    assert str(path) in msg and key in msg and expect in msg, msg
+
+
+def test_train_config_wrong_types(tmp_path):
+    for text, key in [("seed: '3'", "seed"), ("model: {alpha: 40.0}", "model.alpha"),
+                      ("data: {antipodal: 0}", "data.antipodal"), ("optim: {name: sgd}", "optim.name"),
+                      ("schedule: {metric: mse}", "schedule.metric"), ("run_dir: 7", "run_dir"),
+                      ("schedule: {loss_weights: [1]}", "schedule.loss_weights")]:
+        msg = config_error(load_config, write(tmp_path, text + "\n"), TrainConfig)
+        assert key in msg, (text, msg)
+
+
+def test_missing_required_key():
+    msg = config_error(from_dict, Required, {"other": 1}, "req.yaml")
+    assert "req.yaml" in msg and "must" in msg
+    assert from_dict(Required, {"must": 2}).must == 2
+
+
+# -------------------------------------------------------------------------------------------- YAML file
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.yaml"
+    msg = config_error(load_config, path, TrainConfig)
+    assert str(path) in msg and "not found" in msg
+    assert str(path) in config_error(read_yaml, path)
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    path = write(tmp_path, "seed: 1\nrun_dir: x\nschedule:\n  epochs: [1, 2\n  patience: 3\nmodel: {alpha: 4\n")
+    msg = config_error(load_config, path, TrainConfig)
+    assert str(path) in msg
+    m = re.search(r"line (\d+)", msg)
+    assert m and 4 <= int(m.group(1)) <= 6, msg
+    bad_indent = write(tmp_path, "a: 1\n b: 2\n", "indent.yaml")
+    msg = config_error(read_yaml, bad_indent)
+    assert str(bad_indent) in msg and re.search(r"line 2\b", msg), msg
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
+def test_non_mapping_top_level(tmp_path, text):
+    path = write(tmp_path, text)
+    msg = config_error(load_config, path, TrainConfig)
+    assert str(path) in msg and "mapping" in msg
+
+
+# --------------------------------------------------------------------------------------------- overrides
+def test_overrides_parsed_as_yaml(tmp_path):
+    path = write(tmp_path, "schedule: {epochs: 40}\noptim: {grad_clip: 1.0}\n")
+    cfg = load_config(path, TrainConfig, ["schedule.epochs=3", "schedule.loss_weights=[0.5, 0.25]",
+                                          "optim.grad_clip=null", "optim.lr=0.01", "data.antipodal=false",
+                                          "run_dir=runs/a=b", "model.levels=3",
+                                          "schedule.pretrain_stages=[[1, 1], [4, 0.1]]"])
+    assert cfg.schedule.epochs == 3 and isinstance(cfg.schedule.epochs, int)
+    assert cfg.schedule.loss_weights == (0.5, 0.25)
+    assert cfg.optim.grad_clip is None and cfg.optim.lr == 0.01
+    assert cfg.data.antipodal is False
+    assert cfg.run_dir == "runs/a=b"                          # split at the first '='
+    assert cfg.model.levels == 3
+    assert cfg.schedule.pretrain_stages == [(1, 1.0), (4, 0.1)]
+
+
+def test_apply_overrides_nested_creation_and_order():
+    data = {"a": {"x": 1}}
+    apply_overrides(data, ["a.b=3", "c.d.e=[1, null]", "a.b=4", "f="], "w")
+    assert data == {"a": {"x": 1, "b": 4}, "c": {"d": {"e": [1, None]}}, "f": None}
+    assert apply_overrides({"k": 1}, None, "w") == {"k": 1}
+
+
+def test_override_errors_name_the_override():
+    msg = config_error(apply_overrides, {}, ["schedule.epochs"], "cli")
+    assert "schedule.epochs" in msg and "key=value" in msg
+    msg = config_error(apply_overrides, {"seed": 0}, ["seed.x=1"], "cli")
+    assert "seed.x=1" in msg and "'seed'" in msg
+    msg = config_error(apply_overrides, {}, ["a=[1, 2"], "cli")
+    assert "a=[1, 2" in msg and "YAML" in msg
+
+
+def test_override_errors_after_load_name_the_key():
+    msg = config_error(load_config, None, TrainConfig, ["schedule.epochs=many"])
+    assert "schedule.epochs" in msg and "integer" in msg
+    msg = config_error(load_config, None, TrainConfig, ["schedule.bogus=1"])
+    assert "bogus" in msg
+
+
+@pytest.mark.parametrize("raw, value", [("1e-4", 1e-4), ("1e-05", 1e-5), ("3E-4", 3e-4), ("2.5e-3", 2.5e-3)])
+def test_override_scientific_notation_is_a_number(raw, value):
+    """`--set optim.lr=1e-4` is how learning rates are written; PyYAML (YAML 1.1) reads '1e-4' as a string."""
+    cfg = load_config(None, TrainConfig, [f"optim.lr={raw}"])
+    assert cfg.optim.lr == pytest.approx(value)
+
+
+def test_yaml_file_scientific_notation_is_a_number(tmp_path):
+    cfg = load_config(write(tmp_path, "optim:\n  lr: 1e-3\n"), TrainConfig)
+    assert cfg.optim.lr == pytest.approx(1e-3)
+
+
+def test_original_lr_flag_small_value_loads():
+    """The original script's `--lr 1e-5` goes through `optim.lr={float}` (str(1e-05) == '1e-05')."""
+    from bcrdist.train.cli import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    for lr in ("1e-3", "1e-5"):
+        assert config_from_args(parser.parse_args(["--lr", lr])).optim.lr == pytest.approx(float(lr))
+
+
+@pytest.mark.parametrize("override, key, value", [
+    ("runtime.compile=false", "compile", "false"),
+    ("runtime.compile=true", "compile", "true"),
+    ("runtime.precision=32", "precision", "32"),
+])
+def test_string_choices_accept_plain_yaml_scalars(override, key, value):
+    """Choices spelled like YAML booleans/numbers ('true', '32') must accept what YAML makes of them."""
+    cfg = load_config(None, TrainConfig, [override])
+    assert getattr(cfg.runtime, key) == value
+
+
+# ---------------------------------------------------------------------------------------- validate()
+@pytest.mark.parametrize("override, key", [
+    ("schedule.test_weight=2", "schedule.test_weight"),
+    ("schedule.test_weight=-0.5", "schedule.test_weight"),
+    ("model.w_comp=2", "model.w_comp"),
+    ("model.alpha=0", "model.alpha"),
+    ("data.noise=-1", "data.noise"),
+    ("data.n_valid=0", "data.n_valid"),
+    ("data.num_workers=-2", "data.num_workers"),
+    ("optim.lr=0", "optim.lr"),
+    ("optim.grad_clip=-1", "optim.grad_clip"),
+    ("schedule.patience=0", "schedule.patience"),
+    ("schedule.epochs=0", "schedule.epochs"),
+])
+def test_validate_errors_name_the_key(tmp_path, override, key):
+    path = write(tmp_path, "seed: 1\n")
+    msg = config_error(load_config, path, TrainConfig, [override])
+    assert key in msg and str(path) in msg, msg
+
+
+def test_nothing_to_train_is_an_error():
+    msg = config_error(load_config, None, TrainConfig, ["schedule.pretrain=false", "schedule.finetune=false"])
+    assert "schedule" in msg
+    cfg = load_config(None, TrainConfig, ["schedule.pretrain=false", "schedule.finetune=false",
+                                          "schedule.initial_weights=w.pt"])
+    assert cfg.schedule.initial_weights == "w.pt"
+
+
+def test_validate_directly():
+    with pytest.raises(ConfigError, match="data.noise"):
+        DataConfig(noise=-1).validate()
+    with pytest.raises(ConfigError, match="model.w_comp"):
+        ModelConfig(w_comp=4).validate()
+    with pytest.raises(ConfigError, match="schedule.test_weight"):
+        ScheduleConfig(test_weight=1.5).validate()
+    DataConfig(noise=0).validate()
+    ModelConfig(w_comp=3).validate()
+    ScheduleConfig(test_weight=0).validate()
