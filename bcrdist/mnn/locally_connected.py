@@ -9,6 +9,9 @@ size must therefore be given at construction (`input_size`, the size *before* th
   sized for the padded input, as the original's `build`.
 - LCI{1,2}D: 1-kernel, (B, C, *N) → (B, F, *N), then the `n_out` reshape (plain in 1D, block `reshape_m` in
   2D). The original's LCI1D required `Nout` as a tuple (an int raised TypeError); here an int works too.
+
+Initialisation as Keras: glorot_uniform with the fans of its (P, Πk·C_in, C_out) kernel (P output positions),
+fan_in = P·Πk·C_in and fan_out = P·C_out; zero biases.
 """
 
 from __future__ import annotations
@@ -56,7 +59,9 @@ class LocallyConnected(nn.Module):
         self.output_size = tuple(out)
         volume = math.prod(kernel_size)
         self.weight = nn.Parameter(torch.empty(*self.output_size, filters, in_channels, *kernel_size))
-        glorot_uniform_(self.weight, volume * in_channels, volume * filters)
+        # Keras computes the fans of the (P, Πk·C_in, C_out) kernel with the P positions as "receptive field"
+        positions = math.prod(self.output_size)
+        glorot_uniform_(self.weight, positions * volume * in_channels, positions * filters)
         self.bias = nn.Parameter(torch.zeros(filters, *self.output_size)) if use_bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
