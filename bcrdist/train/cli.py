@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 
-from bcrdist.config import load_config
+import yaml
+
+from bcrdist.config import load_config, to_dict
+from bcrdist.errors import ConfigError
 from bcrdist.train.config import TrainConfig
 
 
@@ -18,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set schedule.epochs=5 (repeatable)")
     p.add_argument("--resume", help="'auto' to continue from RUN/checkpoints/last.pt when present, or a path")
+    p.add_argument("--print", dest="print_key", metavar="KEY",
+                   help="validate the config, print the resolved value of KEY (e.g. run_dir, or 'all') and exit")
     orig = p.add_argument_group("the original scatteringInv.py flags")
     orig.add_argument("--epoch", type=int)
     orig.add_argument("--alpha", type=int)
@@ -67,5 +72,14 @@ def run(args: argparse.Namespace) -> int:
     from bcrdist.train.trainer import train
 
     cfg = config_from_args(args)
+    if args.print_key:
+        value = to_dict(cfg)
+        if args.print_key != "all":
+            for part in args.print_key.split("."):
+                if not isinstance(value, dict) or part not in value:
+                    raise ConfigError(f"--print: no config key {args.print_key!r}")
+                value = value[part]
+        print(yaml.safe_dump(value, sort_keys=False).strip() if isinstance(value, (dict, list)) else value)
+        return 0
     result = train(cfg)
     return 0 if result.get("status") != "failed" else 1

@@ -28,6 +28,15 @@ class PreemptionFlag:
         self.requested = True
         self.signal_name = signal.Signals(signum).name
 
+    def forward_to_previous(self) -> bool:
+        """Call the handler that was installed before ours (submitit's requeue logic), if any."""
+        sig = getattr(signal, f"SIG{self.signal_name}", None) if self.signal_name else None
+        handler = self._previous.get(sig)
+        if callable(handler):
+            handler(sig, None)
+            return True
+        return False
+
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from bcrdist import __version__
 from bcrdist.config import to_dict
 from bcrdist.dist import DistContext, init_distributed, shutdown_distributed
-from bcrdist.errors import ConfigError
+from bcrdist.errors import BcrdistError, ConfigError
 from bcrdist.models.scattering import ScatteringModel
 from bcrdist.train.checkpoint import (atomic_save, load_checkpoint, load_model_state, model_state,
                                       remove_stale_temporaries, unwrap)
@@ -43,7 +43,7 @@ from bcrdist.train.schedule import (FINETUNE_STAGES, PRETRAIN_STAGES, Stage, bui
 EXIT_REQUEUED = 0
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(BcrdistError):
     """Too many non-finite losses: training stopped with the best weights kept."""
 
 
@@ -381,8 +381,11 @@ class Trainer:
         self.log.info(f"received SIG{self.preempt.signal_name or '?'}: saving last.pt at step {self.pos['step']}")
         self.save("last")
         if self.ctx.is_main:
-            requeue_slurm_job(self.log.info)
-        self.ctx.barrier()
+            if os.environ.get("SUBMITIT_EXECUTOR"):
+                self.log.info("handing over to submitit to requeue the job")
+                self.preempt.forward_to_previous()     # submitit: checkpoint(), requeue, exit
+            else:
+                requeue_slurm_job(self.log.info)
         return "preempted"
 
     # ------------------------------------------------------------------ the end

@@ -1,0 +1,123 @@
+"""`bcrdist submit`: training jobs (and sweeps as job arrays) through submitit.
+
+    bcrdist submit --config CFG.yaml --nodes 2 --gpus-per-node 4 --partition gpu --time 240 \\
+        [--sweep data.noise=0,5,10] [--set key=value ...] [--local] [--wait]
+
+The job callable is Checkpointable: on a time limit or preemption (SIGUSR2, `--signal-delay` seconds
+ahead) the training loop saves `last.pt` at its next step boundary, then rank 0 hands over to submitit,
+which requeues the job; the requeued job resumes from `last.pt`. Ranks come from
+`submitit.helpers.TorchDistributedEnvironment`. A sweep is a job array, one element per combination of
+the `--sweep` values, each in its own run directory `RUN_DIR/key=value,...`. `--local` runs on this
+machine with submitit's LocalExecutor (one node).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+from pathlib import Path
+
+import submitit
+
+from bcrdist.config import from_dict, load_config, parse_yaml, to_dict
+from bcrdist.errors import ConfigError
+from bcrdist.train.config import TrainConfig
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """One training run as a submitit job; `checkpoint()` (inherited) resubmits it unchanged, and the
+    resubmitted run continues from RUN/checkpoints/last.pt."""
+
+    def __call__(self, config: dict) -> dict:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        os.environ["BCRDIST_DIST_METHOD"] = "torchrun"
+        cfg = from_dict(TrainConfig, config)
+        cfg.checkpoint.resume = "auto"
+        from bcrdist.train.trainer import train
+
+        return train(cfg)
+
+
+def sweep_points(specs: list[str]) -> list[dict[str, object]]:
+    """['a=1,2', 'b=x'] → [{'a': 1, 'b': 'x'}, {'a': 2, 'b': 'x'}] (values parsed as YAML)."""
+    axes = []
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        if not sep or not key or not values:
+            raise ConfigError(f"--sweep {spec!r}: expected key=v1,v2,...")
+        axes.append([(key.strip(), parse_yaml(v)) for v in values.split(",")])
+    return [dict(point) for point in itertools.product(*axes)] if axes else [{}]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                   help="one job per combination of values (a job array); repeatable")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=0)
+    p.add_argument("--tasks-per-node", type=int, help="ranks per node (default: GPUs per node, or 1)")
+    p.add_argument("--cpus-per-task", type=int, default=1)
+    p.add_argument("--partition")
+    p.add_argument("--time", type=int, default=60, help="time limit in minutes")
+    p.add_argument("--signal-delay", type=int, default=120, help="seconds of warning before the time limit")
+    p.add_argument("--max-timeouts", type=int, default=3, help="requeues after time limits")
+    p.add_argument("--folder", help="submitit logs (default RUN_DIR/submitit)")
+    p.add_argument("--local", action="store_true", help="run here with submitit's LocalExecutor (one node)")
+    p.add_argument("--wait", action="store_true", help="wait for the jobs and print their results")
+
+
+def make_executor(args: argparse.Namespace, folder: Path, tasks: int):
+    if args.local:
+        if args.nodes != 1:
+            raise ConfigError("--local runs on this machine: it needs --nodes 1")
+        executor = submitit.AutoExecutor(folder=folder, cluster="local")
+    else:
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    params = dict(nodes=args.nodes, tasks_per_node=tasks, cpus_per_task=args.cpus_per_task,
+                  timeout_min=args.time, name="bcrdist-train")
+    if args.gpus_per_node:
+        params["gpus_per_node"] = args.gpus_per_node
+    if not args.local:
+        params.update(slurm_signal_delay_s=args.signal_delay, slurm_max_num_timeout=args.max_timeouts)
+        if args.partition:
+            params["slurm_partition"] = args.partition
+    executor.update_parameters(**params)
+    return executor
+
+
+def run(args: argparse.Namespace) -> int:
+    base = load_config(args.config, TrainConfig, args.overrides)
+    points = sweep_points(args.sweep)
+    configs = []
+    for point in points:
+        overrides = list(args.overrides) + [f"{k}={v}" for k, v in point.items()]
+        if point:
+            tag = ",".join(f"{k}={v}" for k, v in point.items())
+            overrides.append(f"run_dir={Path(base.run_dir) / tag}")
+        configs.append(to_dict(load_config(args.config, TrainConfig, overrides)))
+    tasks = args.tasks_per_node or max(args.gpus_per_node, 1)
+    for cfg in configs:
+        if cfg["schedule"]["batch_size"] % (tasks * args.nodes):
+            raise ConfigError(f"schedule.batch_size {cfg['schedule']['batch_size']} is not divisible by "
+                              f"{tasks * args.nodes} ranks")
+    folder = Path(args.folder) if args.folder else Path(base.run_dir) / "submitit"
+    executor = make_executor(args, folder, tasks)
+    if len(configs) == 1:
+        jobs = [executor.submit(TrainJob(), configs[0])]
+    else:
+        jobs = executor.map_array(TrainJob(), configs)
+    for job, cfg in zip(jobs, configs):
+        print(f"job {job.job_id}: run {cfg['run_dir']}, logs {job.paths.stdout}")
+    if args.wait:
+        failed = 0
+        for job, cfg in zip(jobs, configs):
+            try:
+                result = job.result()
+                print(f"job {job.job_id} finished: {result.get('stop_reason', result.get('status'))}")
+            except Exception as exc:
+                failed += 1
+                print(f"job {job.job_id} failed: {str(exc).strip().splitlines()[-1] if str(exc) else exc}")
+        return 1 if failed else 0
+    return 0

@@ -1,0 +1,190 @@
+"""End-to-end training tests with real HDF5 data, real torchrun / mpiexec processes and real checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import bcrdist
+from bcrdist.train.checkpoint import load_checkpoint
+from train_helpers import BIN, ROOT, bcrdist as run_bcrdist, clean_env, make_dataset, torchrun, write_config
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data") / "ds")
+
+
+def final_weights(run_dir: Path) -> dict:
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+def assert_same_weights(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+    assert worst <= atol, f"weights differ by {worst}"
+
+
+def test_single_process_run_produces_every_artefact(data, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", data, run_dir)
+    run_bcrdist("train", "--config", str(cfg))
+    for name in ("config.yaml", "train.log", "metrics.jsonl", "results.json", "checkpoints/best.pt",
+                 "checkpoints/last.pt"):
+        assert (run_dir / name).is_file(), name
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5]          # stages [0,2), [2,3), finetune [3,5)
+    assert rows[-1]["val_error"] < rows[0]["val_error"]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["errors"]["test"]["weighted"]["count"] == 60
+    assert results["stop_reason"] == "schedule complete"
+    assert (tmp_path / "results.tsv").read_text().count("\n") == 2  # header + one row
+
+    ck = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in ck["model"])
+
+    # evaluation: exact metrics, predictions file and plots
+    out = tmp_path / "eval"
+    r = run_bcrdist("evaluate", "--checkpoint", str(run_dir / "checkpoints/best.pt"), "--data", str(data),
+                    "--split", "test", "--out", str(out))
+    assert "radius-weighted relative error" in r.stdout
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert metrics["weighted"]["count"] == 60
+    assert abs(metrics["weighted"]["mean"] - results["errors"]["test"]["weighted"]["mean"]) < 1e-6
+    for name in ("samples.png", "error_histogram.png", "training_curves.png", "predictions.h5"):
+        assert (out / name).is_file(), name
+    with h5py.File(out / "predictions.h5") as f:
+        assert f["pred"].shape == f["output"].shape == (60, 16, 6)
+
+    # inference API: two lines from a checkpoint to η in physical units
+    model = bcrdist.load_model(run_dir / "checkpoints/best.pt")
+    with h5py.File(data / "shard-00004.h5") as f:
+        measure, coe = f["measure"][:10], f["coe"][:10]
+    eta = model.predict_eta(measure)
+    assert eta.shape == coe.shape
+    with h5py.File(out / "predictions.h5") as f:
+        index = f["index"][()]
+        pred_eta = f["pred_eta"][()]
+    k = list(index).index(200)                                       # sample 200 = first of shard 4
+    np.testing.assert_allclose(eta[0], pred_eta[k], rtol=1e-5, atol=1e-6)
+
+    # predict CLI on an original-layout file
+    src = tmp_path / "in.h5"
+    with h5py.File(src, "w") as f:
+        f["measure"] = measure
+    run_bcrdist("predict", "--checkpoint", str(run_dir / "checkpoints/best.pt"), "--input", str(src),
+                "--out", str(tmp_path / "pred.h5"))
+    with h5py.File(tmp_path / "pred.h5") as f:
+        np.testing.assert_allclose(f["pred"][()], eta, rtol=1e-5, atol=1e-6)
+
+
+def test_two_ranks_equal_one_rank_with_the_same_global_batch(data, tmp_path):
+    """DDP with 2 gloo ranks × 4 samples = 1 rank × 8 samples, step for step (same global batches)."""
+    sched = {"max_steps": 12, "pretrain_stages": [[1, 1.0]], "finetune": False}
+    one = write_config(tmp_path / "one.yaml", data, tmp_path / "one", schedule=sched)
+    two = write_config(tmp_path / "two.yaml", data, tmp_path / "two", schedule=sched)
+    run_bcrdist("train", "--config", str(one))
+    torchrun(2, "train", "--config", str(two))
+    assert load_checkpoint(tmp_path / "two/checkpoints/last.pt")["world_size"] == 2
+    assert_same_weights(final_weights(tmp_path / "one"), final_weights(tmp_path / "two"), atol=1e-5)
+
+
+def test_sigkill_and_resume_auto_equals_uninterrupted(data, tmp_path):
+    sched = {"pretrain_stages": [[1, 1.0], [2, 0.5]], "finetune_stages": [[2, 1.0]]}
+    full = write_config(tmp_path / "full.yaml", data, tmp_path / "full", schedule=sched,
+                        checkpoint={"every_steps": 4})
+    part = write_config(tmp_path / "part.yaml", data, tmp_path / "part", schedule=sched,
+                        checkpoint={"every_steps": 4})
+    run_bcrdist("train", "--config", str(full))
+    proc = subprocess.Popen([sys.executable, "-m", "bcrdist", "train", "--config", str(part)], cwd=ROOT,
+                            env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "part/checkpoints/last.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if last.is_file() and load_checkpoint(last)["position"]["step"] >= 8:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(last)["position"]
+    assert killed_at["step"] < 60, "the run finished before it was killed"
+    run_bcrdist("train", "--config", str(part), "--resume", "auto")
+    assert "resumed from" in (tmp_path / "part/train.log").read_text()
+    assert_same_weights(final_weights(tmp_path / "full"), final_weights(tmp_path / "part"), atol=1e-6)
+    a = json.loads((tmp_path / "full/results.json").read_text())["errors"]["test"]["weighted"]["mean"]
+    b = json.loads((tmp_path / "part/results.json").read_text())["errors"]["test"]["weighted"]["mean"]
+    assert abs(a - b) < 1e-6
+
+
+def test_mpiexec_two_ranks_with_early_stopping_and_reduce_lr_finish(data, tmp_path):
+    """Patience 1 and reduce-LR make rank-0 decisions every epoch; a rank waiting alone would hang."""
+    cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run",
+                       schedule={"epochs": 3, "patience": 1, "reduce_lr": True, "patience_lr": 1,
+                                 "rel_threshold": 0.5, "pretrain_stages": [[1, 1.0]], "finetune": False})
+    r = subprocess.run([str(BIN / "mpiexec"), "-n", "2", sys.executable, "-m", "bcrdist", "train", "--config",
+                        str(cfg)], cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    log = (tmp_path / "run/train.log").read_text()
+    assert "2 rank(s) via mpi" in log
+    assert "early stop" in log or "reduce lr" in log
+    assert (tmp_path / "run/results.json").is_file()
+
+
+def test_diverging_run_rolls_back_then_stops_with_one_line(data, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run", optim={"lr": 1e6},
+                       data={"path": str(data), "n_valid": 24, "normalize_input": False},
+                       schedule={"max_nan_failures": 2, "nan_lr_factor": 1.0, "pretrain_stages": [[1, 1.0]],
+                                 "finetune": False, "epochs": 3})
+    r = run_bcrdist("train", "--config", str(cfg), check=False)
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "training diverged" in err[0] and "max_nan_failures" in err[0]
+    log = (tmp_path / "run/train.log").read_text()
+    assert log.count("non-finite loss") == 2 and "rolled back to the best weights" in log
+
+
+@pytest.mark.parametrize("sections, expected", [
+    ({"schedule": {"patiense": 3}}, "unknown key 'schedule.patiense'"),
+    ({"model": {"alpha": "forty"}}, "model.alpha: expected an integer"),
+    ({"data": {"path": "/nonexistent/data"}}, "/nonexistent/data/manifest.json"),
+    ({"model": {"alpha": 3, "levels": 5}}, "Ns=16 is not divisible by 2^levels = 32"),
+])
+def test_bad_configs_give_one_line_errors(data, tmp_path, sections, expected):
+    cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run", **sections)
+    r = run_bcrdist("train", "--config", str(cfg), check=False)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], r.stderr
+
+
+def test_malformed_yaml_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("schedule: {epochs: 3\n")
+    r = run_bcrdist("train", "--config", str(bad), check=False)
+    assert r.returncode == 2 and str(bad) in r.stderr and "malformed YAML" in r.stderr
+
+
+def test_bf16_autocast_and_compile_match_fp32_eager(data, tmp_path):
+    from bcrdist.models.scattering import ScatteringModel
+
+    torch.manual_seed(0)
+    net = {"n_input": (16, 8), "n_output": (16, 6), "alpha": 3, "n_cnn": 1, "n_cnn3": 2}
+    model = ScatteringModel(net)
+    x = torch.randn(4, 16, 8)
+    ref = model(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(x).float()
+    assert float((low - ref).abs().max()) <= 0.05 * float(ref.abs().max())
+    torch._dynamo.reset()
+    compiled = torch.compile(model)
+    torch.testing.assert_close(compiled(x), ref, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,85 @@
+"""Small real data sets and configs for the training tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from bcrdist.data.format import write_manifest, write_shard
+from bcrdist.data.splits import write_splits
+from bcrdist.data.stats import store_statistics
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def make_dataset(out: Path, n: int = 240, ns: int = 16, nd: int = 8, nr: int = 6, per_shard: int = 50,
+                 seed: int = 0, val: int = 24) -> Path:
+    """A learnable data set: `measure` is a fixed linear, rotation-equivariant image of the target `coe`."""
+    rng = np.random.default_rng(seed)
+    mix = rng.standard_normal((nr, nd)) / np.sqrt(nr)
+    infos = []
+    for shard, first in enumerate(range(0, n, per_shard)):
+        k = min(per_shard, n - first)
+        coe = np.abs(rng.standard_normal((k, ns, nr))).astype(np.float32)
+        coe = 0.5 * (coe + np.roll(coe, 1, axis=1))
+        measure = np.einsum("bsr,rd->bsd", coe, mix).astype(np.float32)
+        infos.append(write_shard(out, shard, first, {"measure": measure, "measure_imag": 0.5 * measure,
+                                                    "coe": coe}))
+    write_manifest(out, infos, provenance={"tool": "tests/train_helpers.py", "seed": seed})
+    store_statistics(out)
+    write_splits(out, 0.75, val=val)
+    return out
+
+
+def write_config(path: Path, data: Path, run_dir: Path, **sections) -> Path:
+    """A tiny BCR-Net training config; `sections` override whole keys, e.g. schedule={...}."""
+    cfg = {
+        "run_dir": str(run_dir),
+        "seed": 0,
+        "data": {"path": str(data), "n_valid": 24},
+        "model": {"alpha": 3, "n_cnn": 1, "n_cnn3": 2},
+        "schedule": {"batch_size": 8, "epochs": 1, "pretrain_stages": [[1, 1.0], [2, 0.5]],
+                     "finetune_stages": [[2, 1.0]]},
+        "runtime": {"compile": "false", "threads": 1},
+        "checkpoint": {"every_steps": 5},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def clean_env() -> dict:
+    """The environment without launcher variables, so a test's child processes detect their own launcher."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "PMI_", "PMIX_", "OMPI_", "TORCHELASTIC_"))
+           and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def run(args: list[str], timeout: float = 240, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=timeout,
+                            **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+                             f"{result.stderr[-3000:]}")
+    return result
+
+
+def bcrdist(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "bcrdist", *args], **kwargs)
+
+
+def torchrun(nproc: int, *args: str, **kwargs) -> subprocess.CompletedProcess:
+    return run([str(BIN / "torchrun"), "--standalone", f"--nproc-per-node={nproc}", "-m", "bcrdist", *args],
+               **kwargs)
