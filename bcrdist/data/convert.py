@@ -1,0 +1,300 @@
+"""`bcrdist shard`: convert an original single-file data set into a sharded data set, in bounded memory.
+
+Source layouts (detected from the dataset names, or forced with `layout=`):
+
+- "fan" — Fan's `{prefix}.h5`: `measure` (N, Ns, Nd), `coe` (N, Nt, Nr) and optionally `measure2` or any
+  further top-level dataset with N samples on its first axis. Shards keep the names, shapes and dtypes.
+- "farfield" — the far-field/image `.hdf5`: `farfield.real`, optional `farfield.imag`, `image`, each stored
+  (M, N) with M a perfect square, sample j being `column j reshaped (√M, √M)` (the original's
+  `.T.reshape(N, √M, √M)`). Shards hold `farfield` (N, √M, √M), complex when the imaginary part is present,
+  and `image` (N, √M', √M').
+
+Memory is bounded by a few times `slab_bytes`: each dataset is copied in slabs of about that size (the
+far-field layout reads a column slab across all M rows and transposes it). Shards are independent: under
+mpiexec/srun rank r converts shards r, r+size, …; an interrupted run is resumed by running it again
+(complete shards from the same source are kept). The manifest, with statistics and the source layout needed
+by `merge`, is written last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+import time
+from typing import Callable
+
+import h5py
+import numpy as np
+
+from bcrdist.data.format import (MANIFEST_NAME, ShardWriter, existing_shard, open_h5, shard_name,
+                                 write_manifest)
+from bcrdist.data.mpi import gather_or_raise, world
+from bcrdist.data.stats import merge_statistics, shard_statistics
+from bcrdist.errors import ConfigError, DataError
+
+SLAB_BYTES = 256 << 20
+FAN_REQUIRED = {"measure": 3, "coe": 3}
+FARFIELD_NAMES = ("farfield.real", "farfield.imag", "image")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardField:
+    """One dataset of the shards and where it comes from in the source file."""
+
+    name: str
+    sources: tuple[str, ...]   # one source dataset, or (real, imag) combined into a complex field
+    sample_shape: tuple[int, ...]
+    dtype: np.dtype
+    columns: bool              # far-field layout: samples are the columns of (M, N) datasets
+
+    @property
+    def sample_nbytes(self) -> int:
+        return int(np.prod(self.sample_shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+def _storage(dset: h5py.Dataset) -> dict:
+    """Creation properties of a source dataset, so `merge` can recreate it the same way."""
+    return {"chunks": list(dset.chunks) if dset.chunks else None, "compression": dset.compression,
+            "compression_opts": dset.compression_opts, "shuffle": bool(dset.shuffle),
+            "fletcher32": bool(dset.fletcher32), "scaleoffset": dset.scaleoffset}
+
+
+def encode_attrs(attrs: h5py.AttributeManager) -> dict:
+    """HDF5 attributes → {name: {"value", "dtype"}} (JSON); strings have dtype None.
+
+    Attributes of other types (references, compound or string arrays) are recorded as text with dtype
+    "unsupported" and not restored by `merge`: they are metadata, not the data the round trip guarantees.
+    """
+    out = {}
+    for key, value in attrs.items():
+        if isinstance(value, (bytes, str)):
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+            out[key] = {"value": text, "dtype": None}
+            continue
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "biufc" or arr.dtype.fields is not None:
+            out[key] = {"value": repr(value)[:200], "dtype": "unsupported"}
+        elif arr.dtype.kind == "c":
+            out[key] = {"value": [arr.real.tolist(), arr.imag.tolist()], "dtype": arr.dtype.str}
+        else:
+            out[key] = {"value": arr.tolist(), "dtype": arr.dtype.str}
+    return out
+
+
+def decode_attrs(encoded: dict) -> dict:
+    """Inverse of `encode_attrs` (unsupported attributes are left out)."""
+    out = {}
+    for key, item in encoded.items():
+        dtype = item["dtype"]
+        if dtype == "unsupported":
+            continue
+        if dtype is None:
+            out[key] = item["value"]
+        elif np.dtype(dtype).kind == "c":
+            re, im = item["value"]
+            out[key] = (np.asarray(re) + 1j * np.asarray(im)).astype(dtype)
+        else:
+            out[key] = np.asarray(item["value"], dtype=dtype)
+    return out
+
+
+def _dataset(fh: h5py.File, name: str, src: str) -> h5py.Dataset:
+    obj = fh.get(name)
+    if obj is None:
+        raise DataError(f"{src}: dataset {name!r} missing")
+    if not isinstance(obj, h5py.Dataset):
+        raise DataError(f"{src}: {name!r} is a group, expected a dataset")
+    if obj.dtype.kind not in "biufc" or obj.dtype.fields is not None:
+        raise DataError(f"{src}: dataset {name!r}: unsupported dtype {obj.dtype}")
+    return obj
+
+
+def detect_layout(fh: h5py.File) -> str:
+    """"fan" when `measure` and `coe` exist, "farfield" when `farfield.real` and `image` exist."""
+    if "measure" in fh and "coe" in fh:
+        return "fan"
+    if "farfield.real" in fh and "image" in fh:
+        return "farfield"
+    raise DataError(f"{fh.filename}: neither Fan's layout (measure, coe) nor the far-field layout "
+                    f"(farfield.real, image); found {sorted(fh)}")
+
+
+def inspect_source(fh: h5py.File, layout: str = "auto") -> tuple[str, int, list[ShardField], dict]:
+    """Check a source file: (layout, N, shard fields, layout record for the manifest)."""
+    src = fh.filename
+    layout = detect_layout(fh) if layout == "auto" else layout
+    record = {"kind": layout, "attrs": encode_attrs(fh.attrs), "datasets": []}
+    fields: list[ShardField] = []
+    if layout == "fan":
+        for name, rank in FAN_REQUIRED.items():
+            dset = _dataset(fh, name, src)
+            if dset.ndim != rank:
+                raise DataError(f"{src}: dataset {name!r} has rank {dset.ndim} {dset.shape}, expected {rank}")
+        n = fh["measure"].shape[0]
+        for name in fh:
+            dset = _dataset(fh, name, src)
+            if dset.ndim < 1 or dset.shape[0] != n:
+                raise DataError(f"{src}: dataset {name!r} has shape {dset.shape}; inconsistent sample count "
+                                f"(measure has {n})")
+            fields.append(ShardField(name, (name,), tuple(dset.shape[1:]), dset.dtype, False))
+            record["datasets"].append({"name": name, "shard": name, "part": None, "shape": list(dset.shape),
+                                       "dtype": dset.dtype.str, "storage": _storage(dset),
+                                       "attrs": encode_attrs(dset.attrs)})
+    elif layout == "farfield":
+        unexpected = sorted(set(fh) - set(FARFIELD_NAMES))
+        if unexpected:
+            raise DataError(f"{src}: unexpected datasets {unexpected} in the far-field layout "
+                            f"({', '.join(FARFIELD_NAMES)})")
+        has_imag = "farfield.imag" in fh
+        names = [name for name in FARFIELD_NAMES if has_imag or name != "farfield.imag"]
+        dsets = {name: _dataset(fh, name, src) for name in names}
+        n = dsets["farfield.real"].shape[-1]
+        sides = {}
+        for name, dset in dsets.items():
+            if dset.ndim != 2:
+                raise DataError(f"{src}: dataset {name!r} has rank {dset.ndim} {dset.shape}, expected 2 (M, N)")
+            if dset.shape[1] != n:
+                raise DataError(f"{src}: dataset {name!r} has {dset.shape[1]} samples (columns), farfield.real "
+                                f"has {n}; inconsistent sample counts")
+            side = math.isqrt(dset.shape[0])
+            if side * side != dset.shape[0]:
+                raise DataError(f"{src}: dataset {name!r}: {dset.shape[0]} rows is not a square grid")
+            sides[name] = side
+            part = name.split(".")[1] if name != "image" and has_imag else None
+            record["datasets"].append({"name": name, "shard": "image" if name == "image" else "farfield",
+                                       "part": part, "shape": list(dset.shape), "dtype": dset.dtype.str,
+                                       "storage": _storage(dset),
+                                       "attrs": encode_attrs(dset.attrs)})
+        if has_imag:
+            re, im = dsets["farfield.real"], dsets["farfield.imag"]
+            if re.shape != im.shape:
+                raise DataError(f"{src}: farfield.imag {im.shape} differs from farfield.real {re.shape}")
+            dtype = np.result_type(re.dtype, im.dtype, np.complex64)
+            fields.append(ShardField("farfield", ("farfield.real", "farfield.imag"),
+                                     (sides["farfield.real"],) * 2, dtype, True))
+        else:
+            fields.append(ShardField("farfield", ("farfield.real",), (sides["farfield.real"],) * 2,
+                                     dsets["farfield.real"].dtype, True))
+        fields.append(ShardField("image", ("image",), (sides["image"],) * 2, dsets["image"].dtype, True))
+    else:
+        raise ConfigError(f"layout: expected auto, fan or farfield, got {layout!r}")
+    if n < 1:
+        raise DataError(f"{src}: the data set holds no samples")
+    return layout, n, fields, record
+
+
+def _read_slab(fh: h5py.File, field: ShardField, start: int, stop: int) -> np.ndarray:
+    """Samples [start, stop) of `field` as (k, *sample_shape)."""
+    src = fh.filename
+    try:
+        parts = [fh[s][:, start:stop] if field.columns else fh[s][start:stop] for s in field.sources]
+    except OSError as exc:
+        raise DataError(f"{src}: dataset {field.sources[0]!r}: read failed at samples {start}–{stop - 1} "
+                        f"(truncated or corrupt?): {exc}") from None
+    if field.columns:
+        parts = [p.T.reshape(stop - start, *field.sample_shape) for p in parts]
+    if len(parts) == 1:
+        return parts[0]
+    out = np.empty(parts[0].shape, dtype=field.dtype)
+    out.real, out.imag = parts
+    return out
+
+
+def _check_finite(slab: np.ndarray, field: ShardField, start: int, src: str) -> None:
+    if slab.dtype.kind not in "fc":
+        return
+    parts = [slab.real, slab.imag] if len(field.sources) == 2 else [slab]
+    for source, part in zip(field.sources, parts):
+        bad = ~np.isfinite(part.reshape(len(part), -1)).all(axis=1)
+        if bad.any():
+            raise DataError(f"{src}: dataset {source!r}: non-finite value (NaN or inf) in sample "
+                            f"{start + int(np.argmax(bad))}")
+
+
+def _matches(path: pathlib.Path, fields: list[ShardField], source_id: dict) -> bool:
+    """A shard made from this very source with these fields (checked before reusing it)."""
+    try:
+        with h5py.File(path, "r") as fh:
+            same_source = all(fh.attrs.get(k) == v for k, v in source_id.items())
+            return same_source and set(fh) == {f.name for f in fields} and all(
+                fh[f.name].shape[1:] == f.sample_shape and fh[f.name].dtype == f.dtype for f in fields)
+    except (OSError, KeyError):
+        return False
+
+
+def convert_shard(fh: h5py.File, fields: list[ShardField], out_dir: pathlib.Path, shard: int, first: int,
+                  count: int, *, slab_bytes: int, allow_nonfinite: bool, source_id: dict) -> dict:
+    """Write shard `shard` holding source samples [first, first + count); returns its info."""
+    with ShardWriter(out_dir, shard, first, count, attrs=source_id) as writer:
+        for field in fields:
+            writer.create(field.name, field.sample_shape, field.dtype)
+        for field in fields:
+            step = max(1, slab_bytes // max(1, field.sample_nbytes * (2 if len(field.sources) > 1 else 1)))
+            for a in range(0, count, step):
+                b = min(count, a + step)
+                slab = _read_slab(fh, field, first + a, first + b)
+                if not allow_nonfinite:
+                    _check_finite(slab, field, first + a, fh.filename)
+                writer.write(field.name, a, slab)
+        return writer.commit()
+
+
+def shard_file(src, out, samples_per_shard: int, *, layout: str = "auto", slab_bytes: int = SLAB_BYTES,
+               allow_nonfinite: bool = False, comm=None,
+               log: Callable[[str], None] = lambda _: None) -> pathlib.Path:
+    """Convert `src` into the sharded data set `out` (created if needed); returns the manifest path."""
+    comm = comm if comm is not None else world()
+    src, out = pathlib.Path(src).resolve(), pathlib.Path(out)
+    if samples_per_shard < 1:
+        raise ConfigError(f"samples_per_shard must be ≥ 1, got {samples_per_shard}")
+    if slab_bytes < 1:
+        raise ConfigError(f"slab size must be positive, got {slab_bytes}")
+    started = time.monotonic()
+    with open_h5(src) as fh:
+        layout, n, fields, record = inspect_source(fh, layout)
+        plan = [(i, first, min(samples_per_shard, n - first))
+                for i, first in enumerate(range(0, n, samples_per_shard))]
+        # every rank checks (and fails) alike, so no rank waits for one that raised
+        out.mkdir(parents=True, exist_ok=True)
+        planned = {shard_name(i) for i, _, _ in plan}
+        strays = sorted(p.name for p in out.glob("shard-*.h5") if p.name not in planned)
+        if strays:
+            raise DataError(f"{out}: holds {strays[0]} which this conversion would not produce; use an "
+                            "empty directory")
+        stat = src.stat()
+        source_id = {"source": str(src), "source_bytes": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}
+        infos, stats, error = [], {}, None
+        try:
+            for i, first, count in plan[comm.rank::comm.size]:
+                info = existing_shard(out, i, first, count)
+                if info is not None and _matches(out / info["file"], fields, source_id):
+                    log(f"{info['file']}: samples {first}–{first + count - 1} already converted")
+                else:
+                    info = convert_shard(fh, fields, out, i, first, count, slab_bytes=slab_bytes,
+                                         allow_nonfinite=allow_nonfinite, source_id=source_id)
+                    log(f"{info['file']}: samples {first}–{first + count - 1} written")
+                infos.append(info)
+        except (DataError, OSError) as exc:
+            error = exc if isinstance(exc, DataError) else DataError(f"{out}: {exc}")
+    all_infos = [info for part in gather_or_raise(comm, infos, error) for info in part]
+    dtypes = {f.name: f.dtype for f in fields}
+    try:
+        for info in infos:
+            stats[info["first_index"]] = shard_statistics(out / info["file"], dtypes, slab_bytes)
+    except (DataError, OSError) as exc:
+        error = exc if isinstance(exc, DataError) else DataError(f"{out}: {exc}")
+    per_shard = {}
+    for part in gather_or_raise(comm, stats, error):
+        per_shard.update(part)
+    manifest_path = out / MANIFEST_NAME
+    if comm.rank == 0:
+        provenance = {"tool": "bcrdist shard", "source": str(src), "seed": None,
+                      "config": {"samples_per_shard": samples_per_shard, "layout": layout,
+                                 "allow_nonfinite": allow_nonfinite},
+                      "mpi_ranks": comm.size, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        manifest_path = write_manifest(out, all_infos, provenance=provenance, layout=record,
+                                       statistics=merge_statistics(per_shard))
+        log(f"{out}: {n} samples in {len(plan)} shards ({layout} layout) in {time.monotonic() - started:.1f} s")
+    comm.barrier()
+    return manifest_path

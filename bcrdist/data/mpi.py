@@ -1,0 +1,71 @@
+"""Optional MPI parallelism for the data tools (`shard`, `verify`, `stats`).
+
+Under `mpiexec`/`mpirun`/`srun` every rank processes its own share of the shards and the results are gathered
+with mpi4py. mpi4py is imported only when the environment says an MPI launcher started this process: merely
+importing it initialises MPI, which in a plain process can hang, print PMI errors, or break DataLoader forks
+(Lightning #20049, pytorch #13787). `BCRDIST_MPI=0` forces serial mode, `BCRDIST_MPI=1` forces MPI.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+_MPI_RANK_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
+
+
+def launched_by_mpi(environ: dict[str, str] | None = None) -> bool:
+    """True when an MPI launcher (MPICH/Intel PMI, Open MPI, PMIx) or a multi-task `srun` started us."""
+    env = os.environ if environ is None else environ
+    forced = env.get("BCRDIST_MPI", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    if any(var in env for var in _MPI_RANK_VARS):
+        return True
+    # srun exports the task count of its step; the batch shell only has the allocation's SLURM_NTASKS
+    tasks = env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1"))
+    try:
+        return int(tasks) > 1
+    except ValueError:
+        return False
+
+
+class SerialComm:
+    """The one-process stand-in with the subset of the mpi4py communicator API the tools use."""
+
+    rank = 0
+    size = 1
+
+    def allgather(self, value: Any) -> list[Any]:
+        return [value]
+
+    def barrier(self) -> None:
+        return None
+
+
+def world():
+    """`MPI.COMM_WORLD` when launched by MPI, else a `SerialComm` (never initialises MPI in a plain process)."""
+    if not launched_by_mpi():
+        return SerialComm()
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+def gather_or_raise(comm, result: Any, error: BaseException | None) -> list[Any]:
+    """All-gather one result per rank; if any rank failed, raise its error on every rank.
+
+    Every rank reaches the collective even after a local error, so a bad shard on one rank cannot leave the
+    others waiting forever.
+    """
+    from bcrdist.errors import DataError
+
+    message = None if error is None else (str(error) or type(error).__name__)
+    gathered = comm.allgather((result, message, isinstance(error, DataError)))
+    for rank, (_, msg, is_data_error) in enumerate(gathered):
+        if msg is None:
+            continue
+        if error is not None and rank == comm.rank:
+            raise error
+        raise (DataError if is_data_error else RuntimeError)(msg if comm.size == 1 else f"rank {rank}: {msg}")
+    return [res for res, _, _ in gathered]
