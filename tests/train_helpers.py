@@ -37,12 +37,12 @@ def make_dataset(out: Path, n: int = 240, ns: int = 16, nd: int = 8, nr: int = 6
     return out
 
 
-def write_config(path: Path, data: Path, run_dir: Path, **sections) -> Path:
+def write_config(path: Path, data_dir: Path, run_dir: Path, **sections) -> Path:
     """A tiny BCR-Net training config; `sections` override whole keys, e.g. schedule={...}."""
     cfg = {
         "run_dir": str(run_dir),
         "seed": 0,
-        "data": {"path": str(data), "n_valid": 24},
+        "data": {"path": str(data_dir), "n_valid": 24},
         "model": {"alpha": 3, "n_cnn": 1, "n_cnn3": 2},
         "schedule": {"batch_size": 8, "epochs": 1, "pretrain_stages": [[1, 1.0], [2, 0.5]],
                      "finetune_stages": [[2, 1.0]]},

@@ -119,6 +119,10 @@ class TrainingData:
         for batch in loader:
             yield self._to_device(batch)
 
+    def train_steps(self, per_rank_batch: int) -> int:
+        """Batches per epoch on every rank."""
+        return self._train_reader(per_rank_batch).num_batches
+
     def eval_batches(self, split: str, limit: int | None | str = "n_valid") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's exact part of an evaluation split ('val', 'test', or 'train_subset')."""
         source = "train" if split == "train_subset" else split

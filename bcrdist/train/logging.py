@@ -1,17 +1,43 @@
-"""Run logging on rank 0: `train.log` (human lines, also printed) and `metrics.jsonl` (one JSON object per
-evaluation). Plain lines suit Slurm logs; other ranks log nothing."""
+"""Run logging on rank 0: `train.log` (human lines, also printed), `metrics.jsonl` (one JSON object per
+evaluation) and per-epoch progress: a tqdm bar on a terminal, plain periodic lines otherwise (Slurm logs).
+Other ranks log nothing."""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
+
+class Progress:
+    """Progress through one epoch's steps."""
+
+    def __init__(self, logger: "RunLogger", total: int, label: str):
+        self.logger, self.label, self.total, self.done = logger, label, total, 0
+        self.bar = (tqdm(total=total, desc=label, leave=False, dynamic_ncols=True)
+                    if logger.enabled and sys.stdout.isatty() else None)
+
+    def update(self, loss: float, step: int) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+        elif self.logger.every_steps and step % self.logger.every_steps == 0:
+            self.logger.info(f"{self.label}: step {step} ({self.done}/{self.total}), loss {loss:.4g}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
 
 class RunLogger:
-    def __init__(self, run_dir: Path, enabled: bool):
+    def __init__(self, run_dir: Path, enabled: bool, every_steps: int = 0):
         self.enabled = enabled
+        self.every_steps = every_steps
         self.log_path = Path(run_dir) / "train.log"
         self.metrics_path = Path(run_dir) / "metrics.jsonl"
 
@@ -22,6 +48,9 @@ class RunLogger:
         print(line, flush=True)
         with open(self.log_path, "a") as f:
             f.write(line + "\n")
+
+    def progress(self, total: int, label: str) -> Progress:
+        return Progress(self, total, label)
 
     def metrics(self, record: dict) -> None:
         if not self.enabled:

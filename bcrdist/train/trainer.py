@@ -88,7 +88,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.ckpt_dir)
         ctx.barrier()
-        self.log = RunLogger(self.run_dir, enabled=ctx.is_main)
+        self.log = RunLogger(self.run_dir, enabled=ctx.is_main, every_steps=rt.log_every_steps)
         seed_everything(cfg.seed)
 
         self.data = TrainingData(cfg, ctx)
@@ -321,10 +321,13 @@ class Trainer:
                 epoch = self.pos["epoch"]
                 t0, wait, n_samples, losses = time.time(), 0.0, 0, []
                 batches = self.data.train_batches(epoch, per_rank, skip=self.pos["batch"])
+                bar = self.log.progress(self.data.train_steps(per_rank) - self.pos["batch"],
+                                        f"{stage.name} epoch {epoch + 1}")
                 t_wait = time.time()
                 for x, y in batches:
                     wait += time.time() - t_wait
                     loss = self.train_step(stage, x, y)
+                    bar.update(loss, self.pos["step"] + 1)
                     if not math.isfinite(loss):
                         self.handle_nan(stage)
                         set_lr(self.optimizer, self.lr)
@@ -343,6 +346,7 @@ class Trainer:
                 else:
                     self.pos["epoch"] += 1
                     self.pos["batch"] = 0
+                bar.close()
                 elapsed = time.time() - t0
                 errors = self.evaluate(stage.phase)
                 improved, decision = self.judge(stage, errors, epoch, at_start=False)
