@@ -16,6 +16,7 @@ import sys
 from bcrdist.errors import BcrdistError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("bcrdist.demo", "the whole pipeline on a small default: generate, train with 2 processes, evaluate"),
     "train": ("bcrdist.train.cli", "train BCR-Net (one rank; launch with torchrun, srun or mpiexec)"),
     "evaluate": ("bcrdist.train.evaluate", "exact metrics, predictions and plots of a checkpoint on a split"),
     "predict": ("bcrdist.inference", "predict η from measurements with a trained checkpoint"),

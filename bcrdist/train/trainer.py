@@ -144,6 +144,7 @@ class Trainer:
         self.lr = self.stages[0].lr
         self.nan_failures = 0
         self.stop_reason = ""
+        self.stop_requested = False
         self.preempt = PreemptionFlag(("USR2" if rt.requeue_signal.upper() == "USR2" else rt.requeue_signal, "TERM"))
 
     # ------------------------------------------------------------------ checkpoints
@@ -234,7 +235,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def train_step(self, stage: Stage, x: torch.Tensor, y: torch.Tensor) -> float:
-        """One optimizer step on this rank's batch; returns the global mean loss (NaN if any rank's is)."""
+        """One optimizer step on this rank's batch; returns the global mean loss (NaN if any rank's is) and
+        sets `stop_requested` when any rank received the preemption signal."""
         w_out, w_aux = self.cfg.schedule.loss_weights
         amp = (torch.autocast(self.ctx.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext())
         with amp:
@@ -243,7 +245,10 @@ class Trainer:
                 loss = w_out * F.mse_loss(out.float(), y) + w_aux * F.mse_loss(aux.float(), y)
             else:
                 loss = F.mse_loss(self.forward(x).float(), y)
-        global_loss = float(self.ctx.all_reduce_sum(loss.detach().double().reshape(1)).item()) / self.ctx.world_size
+        # one small all-reduce per step carries the loss (NaN anywhere → NaN everywhere) and the preemption flag
+        flag = 1.0 if self.preempt.requested else 0.0
+        both = self.ctx.all_reduce_sum(torch.stack([loss.detach().double(), loss.new_tensor(flag, dtype=torch.float64)]))
+        global_loss, self.stop_requested = float(both[0]) / self.ctx.world_size, bool(both[1] > 0)
         if not math.isfinite(global_loss):
             self.optimizer.zero_grad(set_to_none=True)
             return global_loss
@@ -338,7 +343,7 @@ class Trainer:
                     n_samples += stage.global_batch
                     if self.pos["step"] % cfg.checkpoint.every_steps == 0:
                         self.save("last")
-                    if ctx.any(self.preempt.requested):
+                    if self.stop_requested:
                         return self._preempted()
                     if max_steps is not None and self.pos["step"] >= max_steps:
                         break
