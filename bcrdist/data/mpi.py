@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-_MPI_RANK_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
+MPI_RANK_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 
 
 def launched_by_mpi(environ: dict[str, str] | None = None) -> bool:
@@ -20,7 +20,7 @@ def launched_by_mpi(environ: dict[str, str] | None = None) -> bool:
     forced = env.get("BCRDIST_MPI", "").strip()
     if forced in ("0", "1"):
         return forced == "1"
-    if any(var in env for var in _MPI_RANK_VARS):
+    if any(var in env for var in MPI_RANK_VARS):
         return True
     # srun exports the task count of its step; the batch shell only has the allocation's SLURM_NTASKS
     tasks = env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1"))

@@ -13,11 +13,11 @@ import zlib
 from dataclasses import dataclass
 from typing import Mapping
 
+from bcrdist.data.mpi import MPI_RANK_VARS
 from bcrdist.errors import BcrdistError
 
 METHOD_VAR = "BCRDIST_DIST_METHOD"
 METHODS = ("torchrun", "slurm", "mpi", "single")
-MPI_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
 
 
 class LaunchError(BcrdistError):
@@ -104,11 +104,6 @@ def _mpi() -> LaunchEnv:
     return LaunchEnv("mpi", rank, size, local_rank, addr, port, local_size)
 
 
-def launched_by_mpi(env: Mapping[str, str] | None = None) -> bool:
-    env = os.environ if env is None else env
-    return any(v in env for v in MPI_VARS) or "PMI_RANK" in env
-
-
 def detect_environment(env: Mapping[str, str] | None = None) -> LaunchEnv:
     """Detect the launcher: torchrun > srun tasks > mpiexec > one process (or BCRDIST_DIST_METHOD)."""
     env = os.environ if env is None else env
@@ -119,14 +114,15 @@ def detect_environment(env: Mapping[str, str] | None = None) -> LaunchEnv:
     if forced == "torchrun" or (not forced and by_torchrun):
         return _torchrun(env)
     in_step = "SLURM_STEP_ID" in env or "SLURM_STEPID" in env
+    by_mpi = any(v in env for v in MPI_RANK_VARS)
     mpi_size = env.get("OMPI_COMM_WORLD_SIZE") or env.get("PMI_SIZE")
     if in_step and mpi_size and mpi_size != env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS")):
         in_step = False     # mpirun inside an allocation: ranks inherit its daemons' Slurm variables
     if forced == "slurm" or (not forced and "SLURM_PROCID" in env and in_step):
         return _slurm(env)
+    if forced == "mpi" or (not forced and by_mpi):
+        return _mpi()
     if not forced and "SLURM_JOB_ID" in env and not in_step and int(env.get("SLURM_NTASKS", "1")) > 1:
         raise LaunchError(f"this Slurm job has {env['SLURM_NTASKS']} tasks but the process was not started by "
                           "srun: run `srun python -m bcrdist ...` (or `srun torchrun ...`) in the batch script")
-    if forced == "mpi" or (not forced and launched_by_mpi(env)):
-        return _mpi()
     return LaunchEnv("single", 0, 1, 0)
