@@ -188,3 +188,17 @@ def test_bf16_autocast_and_compile_match_fp32_eager(data, tmp_path):
     torch._dynamo.reset()
     compiled = torch.compile(model)
     torch.testing.assert_close(compiled(x), ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("runtime", [{"compile": "true", "precision": "bf16-mixed", "threads": 1},
+                                     {"compile": "false", "precision": "16-mixed", "threads": 1}])
+def test_compile_and_mixed_precision_training_paths(data, tmp_path, runtime):
+    cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run", runtime=runtime,
+                       schedule={"max_steps": 6, "pretrain_stages": [[1, 1.0]], "finetune": False})
+    run_bcrdist("train", "--config", str(cfg), timeout=400)
+    rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert rows and np.isfinite(rows[-1]["train_loss"])
+    ck = load_checkpoint(tmp_path / "run/checkpoints/last.pt")
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in ck["model"])
+    if runtime["precision"] == "16-mixed":
+        assert ck["scaler"] and "scale" in ck["scaler"]
