@@ -28,6 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("bcrdist.data.cli_merge", "write a sharded data set back into one HDF5 file (original layout)"),
     "split": ("bcrdist.data.cli_split", "write train/val/test split files for a sharded data set"),
     "stats": ("bcrdist.data.cli_stats", "compute per-field min/max/mean/std and store them in the manifest"),
+    "baseline": ("bcrdist.physics.baseline_cli", "Tikhonov-regularised Born inversion baseline on a split"),
 }
 
 
