@@ -2,7 +2,7 @@
 # A two-node Slurm cluster on this machine, on loopback, for tests of our sbatch scripts and submitit.
 #   tools/local_slurm.sh start    install (Debian packages) if missing, configure and start; idempotent
 #   tools/local_slurm.sh stop     stop the daemons
-#   tools/local_slurm.sh status   show the nodes
+#   tools/local_slurm.sh status   show the nodes; exit status 0 only when n1 and n2 are both up
 # Nodes n1 and n2 both run here (slurmd -N n1 / -N n2, NodeAddr 127.0.0.1); state lives in
 # ${BCRDIST_SLURM_DIR:-/tmp/bcrdist-slurm}. Needs root (apt-get, munge key, /etc/hosts entries n1/n2).
 set -euo pipefail
@@ -68,6 +68,9 @@ CONF
 
 running() { pgrep -f "$1" >/dev/null 2>&1; }
 
+# both nodes answer (idle, mixed or allocated)
+up() { [ "$(sinfo -h -N -o '%N %t' 2>/dev/null | grep -cE '^n[12] (idle|mix|alloc)')" = "2" ]; }
+
 start() {
     install
     configure
@@ -76,7 +79,7 @@ start() {
     running "slurmd -N n1" || slurmd -N n1
     running "slurmd -N n2" || slurmd -N n2
     for _ in $(seq 1 60); do
-        if [ "$(sinfo -h -N -o '%t' 2>/dev/null | grep -cE '^(idle|mix|alloc)')" = "2" ]; then
+        if up; then
             echo "local Slurm up: nodes n1 n2 ($STATE)"
             return 0
         fi
@@ -88,16 +91,30 @@ start() {
     return 1
 }
 
+# stop one daemon by its pid file (written by the daemon itself), waiting for it to exit
+stop_pidfile() {
+    local pid
+    [ -s "$1" ] || return 0
+    pid=$(cat "$1")
+    kill "$pid" 2>/dev/null || return 0
+    for _ in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.2
+    done
+    kill -9 "$pid" 2>/dev/null || true
+}
+
 stop() {
     scancel --user=root >/dev/null 2>&1 || true
-    pkill -f "slurmd -N n" 2>/dev/null || true
-    pkill -x slurmctld 2>/dev/null || true
+    stop_pidfile "$STATE/slurmd-n1.pid"
+    stop_pidfile "$STATE/slurmd-n2.pid"
+    stop_pidfile "$STATE/slurmctld.pid"
     echo "local Slurm stopped"
 }
 
 case "${1:-}" in
     start) start ;;
     stop) stop ;;
-    status) sinfo -N ;;
+    status) sinfo -N && up ;;
     *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
 esac

@@ -49,7 +49,20 @@ def world():
         return SerialComm()
     from mpi4py import MPI
 
+    check_srun_world(MPI.COMM_WORLD.Get_size())
     return MPI.COMM_WORLD
+
+
+def check_srun_world(size: int, environ: dict[str, str] | None = None) -> None:
+    """Fail clearly when srun started several tasks without an MPI plugin (`--mpi=none`, the default of many
+    clusters): each task then sees a one-rank MPI world and would redo all the work into the same files."""
+    from bcrdist.errors import BcrdistError
+
+    env = os.environ if environ is None else environ
+    tasks = env.get("SLURM_STEP_NUM_TASKS", "1")
+    if size == 1 and tasks.isdigit() and int(tasks) > 1 and not any(v in env for v in MPI_RANK_VARS + ("PMI_FD",)):
+        raise BcrdistError(f"srun started {tasks} tasks but MPI sees a one-rank world in each: launch with an MPI "
+                           "plugin, e.g. `srun --mpi=pmi2` (see `srun --mpi=list`)")
 
 
 def gather_or_raise(comm, result: Any, error: BaseException | None) -> list[Any]:

@@ -35,6 +35,7 @@ import collections
 import dataclasses
 import os
 import queue
+import signal
 import sys
 import threading
 import warnings
@@ -665,6 +666,13 @@ class ShardedDataset(IterableDataset):
         return state
 
 
+def ignore_job_signals(_worker_id: int) -> None:
+    """DataLoader workers ignore the signals Slurm sends to every process of a job step (USR1/USR2/TERM):
+    the main process handles them at a step boundary and needs its workers alive until it has saved."""
+    for name in ("SIGUSR1", "SIGUSR2", "SIGTERM"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 class _EpochView(IterableDataset):
     """One epoch of a ShardedDataset from a fixed start, as handed to DataLoader worker processes."""
 
@@ -761,7 +769,7 @@ class ShardedLoader:
             batches = iter(torch.utils.data.DataLoader(
                 _EpochView(ds, epoch, start), batch_size=None, num_workers=self.num_workers,
                 pin_memory=self.pin_memory, prefetch_factor=self.prefetch,
-                multiprocessing_context=self.multiprocessing_context))
+                multiprocessing_context=self.multiprocessing_context, worker_init_fn=ignore_job_signals))
         try:
             for k, batch in enumerate(batches):
                 ds._consumed = start + k + 1

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import submitit
@@ -74,13 +76,14 @@ def make_executor(args: argparse.Namespace, folder: Path, tasks: int):
             raise ConfigError("--local runs on this machine: it needs --nodes 1")
         executor = submitit.AutoExecutor(folder=folder, cluster="local")
     else:
-        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        # max_num_timeout is a constructor argument of the Slurm executor, not an update_parameters one
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=args.max_timeouts)
     params = dict(nodes=args.nodes, tasks_per_node=tasks, cpus_per_task=args.cpus_per_task,
                   timeout_min=args.time, name="bcrdist-train")
     if args.gpus_per_node:
         params["gpus_per_node"] = args.gpus_per_node
     if not args.local:
-        params.update(slurm_signal_delay_s=args.signal_delay, slurm_max_num_timeout=args.max_timeouts)
+        params.update(slurm_signal_delay_s=args.signal_delay)
         if args.partition:
             params["slurm_partition"] = args.partition
     executor.update_parameters(**params)
@@ -111,13 +114,66 @@ def run(args: argparse.Namespace) -> int:
     for job, cfg in zip(jobs, configs):
         print(f"job {job.job_id}: run {cfg['run_dir']}, logs {job.paths.stdout}")
     if args.wait:
-        failed = 0
-        for job, cfg in zip(jobs, configs):
-            try:
-                result = job.result()
-                print(f"job {job.job_id} finished: {result.get('stop_reason', result.get('status'))}")
-            except Exception as exc:
-                failed += 1
-                print(f"job {job.job_id} failed: {str(exc).strip().splitlines()[-1] if str(exc) else exc}")
-        return 1 if failed else 0
+        return wait_and_report(jobs, local=args.local)
     return 0
+
+
+_ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
+
+
+def slurm_state(job_id: str) -> str | None:
+    """The job's state from `squeue` (which works without accounting, unlike submitit's `sacct`), or None
+    once Slurm has forgotten the job."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "UNKNOWN"
+    states = out.stdout.split()
+    if out.returncode != 0 or not states:
+        return None
+    return states[0]
+
+
+def _results_written(job) -> bool:
+    return all(job.task(k).paths.result_pickle.exists() for k in range(job.num_tasks))
+
+
+def wait_and_report(jobs, local: bool = False, poll_s: float = 2.0, grace_s: float = 20.0) -> int:
+    """Wait until every job has written its results (all tasks), or has left Slurm without them; print one
+    line per job and return 1 if any failed. Polls the result files and `squeue` rather than submitit's
+    `sacct` watcher, so it works on clusters without accounting and cannot wait forever on a killed job."""
+    pending, failed, gone_since, state = list(jobs), 0, {}, None
+    while pending:
+        for job in list(pending):
+            if local:
+                done = job.done()
+            else:
+                done = _results_written(job)
+                state = None if done else slurm_state(job.job_id)
+                if not done and (state is None or state in _ENDED):
+                    # results are written before the job ends: allow a little file-system delay
+                    gone_since.setdefault(job.job_id, time.time())
+                    done = time.time() - gone_since[job.job_id] > grace_s
+                else:
+                    gone_since.pop(job.job_id, None)
+            if not done:
+                continue
+            pending.remove(job)
+            if not local and not _results_written(job):
+                failed += 1
+                print(f"job {job.job_id} ended ({state or 'no longer in squeue'}) without results "
+                      f"(logs {job.paths.stdout}, {job.paths.stderr})", flush=True)
+                continue
+            try:
+                result = job.results()[0]
+                reason = result.get("stop_reason") or result.get("status") if isinstance(result, dict) else result
+                print(f"job {job.job_id} finished: {reason}", flush=True)
+            except Exception as exc:  # noqa: BLE001 - submitit re-raises the job's own exception
+                failed += 1
+                message = str(exc).strip().splitlines()
+                print(f"job {job.job_id} failed: {message[-1] if message else type(exc).__name__} "
+                      f"(logs {job.paths.stdout}, {job.paths.stderr})", flush=True)
+        if pending:
+            time.sleep(poll_s)
+    return 1 if failed else 0

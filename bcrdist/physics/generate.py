@@ -36,7 +36,7 @@ import torch
 from bcrdist import __version__
 from bcrdist.config import to_dict
 from bcrdist.data.format import MANIFEST_NAME, existing_shard, write_manifest, write_shard
-from bcrdist.data.mpi import launched_by_mpi
+from bcrdist.data.mpi import check_srun_world, launched_by_mpi
 from bcrdist.errors import BcrdistError, ConfigError, DataError
 from bcrdist.physics.layout import measure_from_far_field
 from bcrdist.physics.scatterers import (BASE_COLUMNS, FAMILY_IDS, SHEPP_LOGAN_PRIMITIVES, Scatterer,
@@ -282,6 +282,7 @@ def _mpi_comm():
         return None
     from mpi4py import MPI
 
+    check_srun_world(MPI.COMM_WORLD.Get_size())
     return MPI.COMM_WORLD
 
 

@@ -69,8 +69,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bcrdist.train.trainer import train
-
     cfg = config_from_args(args)
     if args.print_key:
         value = to_dict(cfg)
@@ -81,5 +79,7 @@ def run(args: argparse.Namespace) -> int:
                 value = value[part]
         print(yaml.safe_dump(value, sort_keys=False).strip() if isinstance(value, (dict, list)) else value)
         return 0
+    from bcrdist.train.trainer import train
+
     result = train(cfg)
     return 0 if result.get("status") != "failed" else 1

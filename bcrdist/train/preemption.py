@@ -14,23 +14,30 @@ import sys
 
 
 class PreemptionFlag:
-    """Installs handlers for `signal_names` (e.g. ('USR2', 'TERM')) that set `requested`."""
+    """Installs handlers for `signal_names` (e.g. ('USR2', 'TERM')) that set `requested`.
+
+    `signal_name` is the name without the SIG prefix ('USR2') of the last signal this process received.
+    """
 
     def __init__(self, signal_names=("USR2", "TERM")):
         self.requested = False
         self.signal_name = ""
         self._previous = {}
+        self._primary = None
         for name in signal_names:
             sig = getattr(signal, f"SIG{name.upper().removeprefix('SIG')}")
+            self._primary = self._primary or sig
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
         self.requested = True
-        self.signal_name = signal.Signals(signum).name
+        self.signal_name = signal.Signals(signum).name.removeprefix("SIG")
 
     def forward_to_previous(self) -> bool:
-        """Call the handler that was installed before ours (submitit's requeue logic), if any."""
-        sig = getattr(signal, f"SIG{self.signal_name}", None) if self.signal_name else None
+        """Call the handler that was installed before ours (submitit's requeue logic), if any. A rank that
+        did not receive the signal itself (the ranks agree by an all-reduce) forwards the first one of
+        `signal_names`."""
+        sig = getattr(signal, f"SIG{self.signal_name}") if self.signal_name else self._primary
         handler = self._previous.get(sig)
         if callable(handler):
             handler(sig, None)
@@ -40,12 +47,6 @@ class PreemptionFlag:
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def ignore_in_worker(_worker_id: int) -> None:
-    """DataLoader worker_init_fn: workers must survive the signal the main process handles."""
-    for name in ("SIGUSR1", "SIGUSR2", "SIGTERM"):
-        signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def slurm_job_id() -> str | None:
