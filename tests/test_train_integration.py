@@ -202,3 +202,33 @@ def test_compile_and_mixed_precision_training_paths(data, tmp_path, runtime):
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in ck["model"])
     if runtime["precision"] == "16-mixed":
         assert ck["scaler"] and "scale" in ck["scaler"]
+
+
+def test_evaluation_under_torchrun_is_exact(data, tmp_path):
+    """Two ranks evaluate disjoint parts (60 = 30 + 30) and all-reduce: the metrics equal one process's."""
+    cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run",
+                       schedule={"max_steps": 3, "pretrain_stages": [[1, 1.0]], "finetune": False})
+    run_bcrdist("train", "--config", str(cfg))
+    ckpt = str(tmp_path / "run/checkpoints/best.pt")
+    run_bcrdist("evaluate", "--checkpoint", ckpt, "--data", str(data), "--out", str(tmp_path / "one"))
+    torchrun(2, "evaluate", "--checkpoint", ckpt, "--data", str(data), "--out", str(tmp_path / "two"))
+    one = json.loads((tmp_path / "one/metrics.json").read_text())["metrics"]
+    two = json.loads((tmp_path / "two/metrics.json").read_text())["metrics"]
+    assert one["weighted"]["count"] == two["weighted"]["count"] == 60
+    for name in ("weighted", "rel_l2"):
+        assert abs(one[name]["mean"] - two[name]["mean"]) < 1e-6
+        assert abs(one[name]["max"] - two[name]["max"]) < 1e-6
+
+
+def test_initial_weights_branch_and_keras_compat(data, tmp_path):
+    """The original's --initialvalue branch: fine-tune only at lr/10 with reduce-LR, from a checkpoint."""
+    first = write_config(tmp_path / "a.yaml", data, tmp_path / "a",
+                         schedule={"max_steps": 4, "pretrain_stages": [[1, 1.0]], "finetune": False})
+    run_bcrdist("train", "--config", str(first))
+    second = write_config(tmp_path / "b.yaml", data, tmp_path / "b", optim={"lr": 1e-3},
+                          schedule={"epochs": 2, "keras_compat": True, "initial_batch_size": 16})
+    run_bcrdist("train", "--config", str(second), "--initialvalue", str(tmp_path / "a/checkpoints/best.pt"))
+    rows = [json.loads(line) for line in (tmp_path / "b/metrics.jsonl").read_text().splitlines()]
+    assert {r["phase"] for r in rows} == {"finetune"} and len(rows) == 2
+    assert all(abs(r["lr"] - 1e-4) < 1e-12 for r in rows)
+    assert rows[0]["global_batch"] == 16

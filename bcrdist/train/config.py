@@ -84,6 +84,7 @@ class ScheduleConfig:
     test_weight: float = 1.0                     # fine-tuning: weight of validation vs training-subset error
     keras_compat: bool = False                   # reproduce Keras 2.2 (constant lr per phase, callback quirks)
     initial_weights: str | None = None           # the original's --initialvalue: fine-tune-only branch
+    initial_batch_size: int = 256                # that branch's global batch (the original's fixed 256)
     reduce_lr: bool = False                      # reduce-LR on plateau (always on in the initial-weights branch)
     reduce_lr_factor: float = 0.5
     patience_lr: int | None = None

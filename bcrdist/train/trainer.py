@@ -116,7 +116,7 @@ class Trainer:
         s = cfg.schedule
         if s.initial_weights:
             self._load_initial_weights(s.initial_weights)
-            self.stages = initial_value_stage(cfg.optim.lr, s.epochs)
+            self.stages = initial_value_stage(cfg.optim.lr, s.epochs, s.initial_batch_size)
             patience = max(s.epochs // 40, 40)
             self.tracker = BestModelTracker(patience=patience, rel_threshold=s.rel_threshold, test_weight=1.0,
                                             reduce_lr=True, patience_lr=s.patience_lr or 20,
