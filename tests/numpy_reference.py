@@ -100,7 +100,6 @@ def conv_valid(x: np.ndarray, kernel: np.ndarray, bias=None, stride=None) -> np.
 def locally_connected_valid(x: np.ndarray, kernel: np.ndarray, bias, kernel_size, stride=None) -> np.ndarray:
     """Keras LocallyConnected{1,2}D (implementation 1): position P (row-major over the output grid) uses
     kernel[P] of shape (Πk·C_in, C_out) on its patch flattened (k1, …, kd, C_in) row-major."""
-    d = x.ndim - 2
     kernel_size = tuple(kernel_size)
     stride = tuple(kernel_size) if stride is None else tuple(stride)
     grid = _out_grid(x.shape[1:-1], kernel_size, stride)

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from bcrdist.train.checkpoint import load_checkpoint
-from train_helpers import ROOT, clean_env, make_dataset, torchrun, write_config
+from train_helpers import ROOT, assert_same_weights, clean_env, final_weights, make_dataset, torchrun, write_config
 
 pytestmark = pytest.mark.slurm
 
@@ -134,16 +134,6 @@ def jobs(cluster, tmp_path):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("slurm-data") / "ds")
-
-
-def final_weights(run_dir: Path) -> dict:
-    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
-
-
-def assert_same_weights(a: dict, b: dict, atol: float) -> None:
-    assert a.keys() == b.keys()
-    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
-    assert worst <= atol, f"weights differ by {worst}"
 
 
 def test_sbatch_on_two_nodes_matches_local_torchrun(jobs, data, tmp_path):

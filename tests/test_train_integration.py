@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,22 +16,13 @@ import torch
 
 import bcrdist
 from bcrdist.train.checkpoint import load_checkpoint
-from train_helpers import BIN, ROOT, bcrdist as run_bcrdist, clean_env, make_dataset, torchrun, write_config
+from train_helpers import (BIN, ROOT, assert_same_weights, bcrdist as run_bcrdist, clean_env, final_weights,
+                           make_dataset, torchrun, write_config)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("data") / "ds")
-
-
-def final_weights(run_dir: Path) -> dict:
-    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
-
-
-def assert_same_weights(a: dict, b: dict, atol: float) -> None:
-    assert a.keys() == b.keys()
-    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
-    assert worst <= atol, f"weights differ by {worst}"
 
 
 def test_single_process_run_produces_every_artefact(data, tmp_path):

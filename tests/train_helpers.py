@@ -13,6 +13,7 @@ import yaml
 from bcrdist.data.format import write_manifest, write_shard
 from bcrdist.data.splits import write_splits
 from bcrdist.data.stats import store_statistics
+from bcrdist.train.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -56,6 +57,17 @@ def write_config(path: Path, data_dir: Path, run_dir: Path, **sections) -> Path:
             cfg[key] = value
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def final_weights(run_dir: Path) -> dict:
+    """The model weights of a run's last.pt."""
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+def assert_same_weights(a: dict, b: dict, atol: float) -> None:
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+    assert worst <= atol, f"weights differ by {worst}"
 
 
 def clean_env() -> dict:

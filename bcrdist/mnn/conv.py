@@ -59,17 +59,16 @@ def check_nout(n_out, dim: int, layer: str) -> tuple[int, ...] | None:
     return n_out
 
 
-class MNNConv(nn.Module):
-    """Shared machinery: pad → convolution (stride) → bias → activation → optional `Nout` reshape.
-
-    Subclasses fix the dimension, stride and padding rule; see the module docstring.
+class MNNLayer(nn.Module):
+    """What every weighted MNN layer shares: argument checks, and the tail of `forward`
+    (activation, then the optional `Nout` reshape). Subclasses create `weight`/`bias` and do the linear part.
     """
 
     dim = 0
     keras_name = ""
 
     def __init__(self, in_channels: int, filters: int, kernel_size, *, stride, pads, bc_padding: str,
-                 activation, use_bias: bool, n_out=None):
+                 activation, n_out=None):
         super().__init__()
         name = type(self).__name__
         self.in_channels = check_positive(in_channels, name, "in_channels")
@@ -81,14 +80,9 @@ class MNNConv(nn.Module):
         self.activation_name = activation
         self.activation = get_activation(activation, name)
         self.n_out = check_nout(n_out, self.dim, name)
-        volume = math.prod(kernel_size)
-        self.weight = nn.Parameter(torch.empty(filters, in_channels, *kernel_size))
-        glorot_uniform_(self.weight, volume * in_channels, volume * filters)
-        self.bias = nn.Parameter(torch.zeros(filters)) if use_bias else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = pad(x, self.pads, self.bc_padding)
-        x = _CONV[self.dim](x, self.weight, self.bias, stride=self.stride)
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """Activation, then the `Nout` reshape."""
         if self.activation is not None:
             x = self.activation(x)
         if self.n_out is not None:
@@ -100,6 +94,26 @@ class MNNConv(nn.Module):
                 f"bc_padding={self.bc_padding!r}, activation={self.activation_name!r}, "
                 f"bias={self.bias is not None}")
         return text + (f", n_out={self.n_out}" if self.n_out is not None else "")
+
+
+class MNNConv(MNNLayer):
+    """pad → convolution (stride) → bias → activation → optional `Nout` reshape.
+
+    Subclasses fix the dimension, stride and padding rule; see the module docstring.
+    """
+
+    def __init__(self, in_channels: int, filters: int, kernel_size, *, stride, pads, bc_padding: str,
+                 activation, use_bias: bool, n_out=None):
+        super().__init__(in_channels, filters, kernel_size, stride=stride, pads=pads, bc_padding=bc_padding,
+                         activation=activation, n_out=n_out)
+        volume = math.prod(kernel_size)
+        self.weight = nn.Parameter(torch.empty(filters, in_channels, *kernel_size))
+        glorot_uniform_(self.weight, volume * in_channels, volume * filters)
+        self.bias = nn.Parameter(torch.zeros(filters)) if use_bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = pad(x, self.pads, self.bc_padding)
+        return self.finish(_CONV[self.dim](x, self.weight, self.bias, stride=self.stride))
 
 
 def odd_kernel(kernel_size, dim: int, layer: str) -> tuple[int, ...]:

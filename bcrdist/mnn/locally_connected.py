@@ -21,34 +21,22 @@ import math
 import torch
 from torch import nn
 
-from bcrdist.mnn._common import (check_bc_padding, check_positive, get_activation, glorot_uniform_,
-                                 to_tuple)
-from bcrdist.mnn.conv import check_nout, nout_reshape, odd_kernel
+from bcrdist.mnn._common import glorot_uniform_, to_tuple
+from bcrdist.mnn.conv import MNNLayer, odd_kernel
 from bcrdist.mnn.padding import pad
 
 _EINSUM = {1: "bclp,locp->bol", 2: "bchwpq,hwocpq->bohw"}
 
 
-class LocallyConnected(nn.Module):
+class LocallyConnected(MNNLayer):
     """pad → per-position linear map of each patch → bias → activation → optional `n_out` reshape."""
-
-    dim = 0
-    keras_name = ""
 
     def __init__(self, in_channels: int, filters: int, input_size, kernel_size, *, stride, pads,
                  bc_padding: str, activation, use_bias: bool, n_out=None):
-        super().__init__()
+        super().__init__(in_channels, filters, kernel_size, stride=stride, pads=pads, bc_padding=bc_padding,
+                         activation=activation, n_out=n_out)
         name = type(self).__name__
-        self.in_channels = check_positive(in_channels, name, "in_channels")
-        self.filters = check_positive(filters, name, "filters")
         self.input_size = to_tuple(input_size, self.dim, name, "input_size")
-        self.kernel_size = kernel_size
-        self.stride = stride
-        self.pads = pads
-        self.bc_padding = check_bc_padding(bc_padding, name)
-        self.activation_name = activation
-        self.activation = get_activation(activation, name)
-        self.n_out = check_nout(n_out, self.dim, name)
         out = []
         for n, (before, after), k, s in zip(self.input_size, pads, kernel_size, stride):
             padded = n + before + after
@@ -74,17 +62,10 @@ class LocallyConnected(nn.Module):
         x = torch.einsum(_EINSUM[self.dim], x, self.weight)
         if self.bias is not None:
             x = x + self.bias
-        if self.activation is not None:
-            x = self.activation(x)
-        if self.n_out is not None:
-            x = nout_reshape(x, self.n_out, type(self).__name__)
-        return x
+        return self.finish(x)
 
     def extra_repr(self) -> str:
-        text = (f"{self.in_channels}, {self.filters}, input_size={self.input_size}, "
-                f"kernel_size={self.kernel_size}, stride={self.stride}, bc_padding={self.bc_padding!r}, "
-                f"activation={self.activation_name!r}")
-        return text + (f", n_out={self.n_out}" if self.n_out is not None else "")
+        return super().extra_repr() + f", input_size={self.input_size}"
 
 
 class LCR(LocallyConnected):

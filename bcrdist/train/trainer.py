@@ -30,7 +30,7 @@ from bcrdist.dist import DistContext, init_distributed, shutdown_distributed
 from bcrdist.errors import BcrdistError, ConfigError
 from bcrdist.models.scattering import ScatteringModel
 from bcrdist.train.checkpoint import (atomic_save, load_checkpoint, load_model_state, model_state,
-                                      remove_stale_temporaries, unwrap)
+                                      remove_stale_temporaries)
 from bcrdist.train.config import TrainConfig
 from bcrdist.train.data import TrainingData
 from bcrdist.train.early_stop import BestModelTracker
