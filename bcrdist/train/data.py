@@ -131,9 +131,6 @@ class TrainingData:
         for batch in reader:
             yield self._to_device(batch)
 
-    def eval_indices(self, split: str) -> np.ndarray:
-        return self.splits[split]
-
     # ------------------------------------------------------------------ normalisation
     def normalization(self) -> tuple[np.ndarray, np.ndarray, float]:
         """(shift, scale) per input channel (Nd',) and the output scale, identical on every rank.

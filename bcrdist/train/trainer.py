@@ -40,8 +40,6 @@ from bcrdist.train.preemption import PreemptionFlag, requeue_slurm_job
 from bcrdist.train.schedule import (FINETUNE_STAGES, PRETRAIN_STAGES, Stage, build_stages,
                                     initial_value_stage)
 
-EXIT_REQUEUED = 0
-
 
 class TrainingDiverged(BcrdistError):
     """Too many non-finite losses: training stopped with the best weights kept."""
