@@ -10,7 +10,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from bcrdist.cli import main as cli_main
@@ -34,12 +33,7 @@ DATASETS = {"measure": ((8, 4), "float32"), "measure_imag": ((8, 4), "float32"),
             "num_primitives": ((), "int32"), "primitives": ((3, 7), "float64"), "iterations": ((), "int32")}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_config(path: Path, data: dict) -> Path:

@@ -18,13 +18,7 @@ from bcrdist.physics.solver import (ConvergenceError, ScatteringSolver, Truncate
 K = 8 * np.pi
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The solver's speed on a shared 2-core machine is dominated by thread contention; one thread is faster.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def grid(n, box=1.0):

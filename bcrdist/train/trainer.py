@@ -9,7 +9,6 @@ Rank 0 alone writes files; checkpoints are atomic.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -26,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from bcrdist import __version__
 from bcrdist.config import to_dict
+from bcrdist.data.format import atomic_write_json
 from bcrdist.dist import DistContext, init_distributed, shutdown_distributed
 from bcrdist.errors import BcrdistError, ConfigError
 from bcrdist.models.scattering import ScatteringModel
@@ -419,7 +419,7 @@ class Trainer:
             "n_train": self.data.n_train,
         }
         if self.ctx.is_main:
-            atomic_save_json(results, self.run_dir / "results.json")
+            atomic_write_json(self.run_dir / "results.json", json_safe(results))
             if self.cfg.results_table:
                 self.append_results_row(results)
             test = errors.get("test", errors.get("val", {})).get("weighted", {})
@@ -449,13 +449,13 @@ class Trainer:
             f.write("\t".join(str(v) for v in row) + "\n")
 
 
-def atomic_save_json(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def json_safe(obj):
+    """Non-finite floats (e.g. a best error that never improved) → None, so results stay valid JSON."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def train(cfg: TrainConfig) -> dict:
