@@ -167,6 +167,19 @@ def test_sbatch_on_two_nodes_matches_local_torchrun(jobs, data, tmp_path):
     assert_same_weights(final_weights(tmp_path / "local"), final_weights(tmp_path / "torchrun"), atol=1e-5)
 
 
+def signal_mid_run_and_check_requeue(jobs, job: str, last: Path, step: int = 20) -> None:
+    """Wait until `last` is at `step` or later, send USR2 to the job's tasks (what `#SBATCH --signal=USR2@120`
+    does before the time limit) and check that the job was requeued once."""
+    deadline = time.time() + 120
+    while not (last.is_file() and load_checkpoint(last)["position"]["step"] >= step):
+        assert time.time() < deadline and jobs.state(job) in ("PENDING", "RUNNING", "CONFIGURING"), \
+            f"job {job} did not reach step {step}: {job_info(job)}"
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
+    info = jobs.wait(job, until={"PENDING"} | ENDED, timeout=60)
+    assert info.get("JobState") == "PENDING" and info.get("Restarts") == "1", f"job {job} not requeued: {info}"
+
+
 def test_usr2_saves_requeues_and_resumes_to_the_uninterrupted_result(jobs, data, tmp_path):
     sched = {"max_steps": 300, "epochs": 40, "pretrain_stages": [[1, 1.0]], "finetune": False}
     cfg = write_config(tmp_path / "slurm.yaml", data, tmp_path / "slurm", schedule=sched)
@@ -174,15 +187,7 @@ def test_usr2_saves_requeues_and_resumes_to_the_uninterrupted_result(jobs, data,
     log = tmp_path / "slurm" / f"slurm-{job}.out"
     jobs.track(job, log)
     last = tmp_path / "slurm/checkpoints/last.pt"
-    deadline = time.time() + 120
-    while not (last.is_file() and load_checkpoint(last)["position"]["step"] >= 20):
-        assert time.time() < deadline and jobs.state(job) in ("PENDING", "RUNNING", "CONFIGURING"), \
-            f"job {job} did not reach step 20: {job_info(job)}"
-        time.sleep(0.2)
-    # what `#SBATCH --signal=USR2@120` does before the time limit: USR2 to every task of the job's steps
-    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
-    info = jobs.wait(job, until={"PENDING"} | ENDED, timeout=60)
-    assert info.get("JobState") == "PENDING" and info.get("Restarts") == "1", f"job {job} not requeued: {info}"
+    signal_mid_run_and_check_requeue(jobs, job, last)
     signalled_at = load_checkpoint(last)["position"]["step"]
     assert 20 <= signalled_at < 300, f"last.pt at step {signalled_at}: the run was not signalled mid-way"
     jobs.release(job)
@@ -254,14 +259,7 @@ def test_bcrdist_submit_preempted_job_is_requeued_by_submitit_and_resumes(jobs, 
     job = re.search(r"^job (\d+): run", out.stdout, flags=re.M).group(1)
     jobs.track(job)
     last = tmp_path / "run/checkpoints/last.pt"
-    deadline = time.time() + 120
-    while not (last.is_file() and load_checkpoint(last)["position"]["step"] >= 20):
-        assert time.time() < deadline and jobs.state(job) in ("PENDING", "RUNNING", "CONFIGURING"), \
-            f"job {job} did not reach step 20: {job_info(job)}"
-        time.sleep(0.2)
-    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
-    info = jobs.wait(job, until={"PENDING"} | ENDED, timeout=60)
-    assert info.get("JobState") == "PENDING" and info.get("Restarts") == "1", f"job {job} not requeued: {info}"
+    signal_mid_run_and_check_requeue(jobs, job, last)
     jobs.release(job)
     jobs.wait_ok(job)
 

@@ -63,7 +63,8 @@ def fsync_dir(directory: PathLike) -> None:
         os.close(fd)
 
 
-def _fsync_file(path: pathlib.Path) -> None:
+def fsync_file(path: pathlib.Path) -> None:
+    """Flush a closed file's data to disk (before renaming it into place)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -237,7 +238,7 @@ class ShardWriter:
         if short:
             raise DataError(f"{self.final}: incomplete datasets {short} (expected {self.num_samples} samples)")
         self._file.close()
-        _fsync_file(self.tmp)
+        fsync_file(self.tmp)
         info = {"file": self.final.name, "num_samples": self.num_samples, "first_index": self.first_index,
                 "sha256": file_sha256(self.tmp), "bytes": self.tmp.stat().st_size}
         os.replace(self.tmp, self.final)

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from bcrdist.data.convert import decode_attrs
-from bcrdist.data.format import fsync_dir, open_h5, read_manifest, remove_stale_temps, temp_path
+from bcrdist.data.format import fsync_dir, fsync_file, open_h5, read_manifest, remove_stale_temps, temp_path
 from bcrdist.data.stats import iter_slabs
 from bcrdist.errors import ConfigError, DataError
 
@@ -82,11 +82,7 @@ def merge_dataset(path, out, *, layout: str = "auto", overwrite: bool = False,
                                 dset[:, a:b] = slab.reshape(len(slab), -1).T
                             else:
                                 dset[a:b] = slab
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(tmp)
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
