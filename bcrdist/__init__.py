@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 
 
 def load_model(checkpoint, device="cpu"):
-    """A trained model with its preprocessing (see `bcrdist.inference.load_model`)."""
-    from bcrdist.inference import load_model as _load
+    """A trained model with its preprocessing (see `bcrdist.models.checkpoint.load_model`)."""
+    from bcrdist.models.checkpoint import load_model as _load
 
     return _load(checkpoint, device=device)

@@ -1,3 +1,3 @@
-from bcrdist.cli import main
+from bcrdist.cli.main import main
 
 raise SystemExit(main())

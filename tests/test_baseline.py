@@ -11,8 +11,10 @@ import torch
 
 from bcrdist.cli import main
 from bcrdist.data.splits import write_splits
-from bcrdist.physics.baseline import BornInversion, born_matrix, noisy_far_field, sample_errors
-from bcrdist.physics.generate import DataConfig, FamilyConfig, GaussianFamily, SampleMaker, generate
+from bcrdist.physics.born import BornInversion, born_matrix, noisy_far_field, sample_errors
+from bcrdist.data.generate import generate
+from bcrdist.physics.generation_config import FamilyConfig, GaussianFamily, GenerationConfig
+from bcrdist.physics.sampling import SampleMaker
 from bcrdist.physics.layout import polar_grid
 from train_helpers import make_dataset
 
@@ -21,9 +23,9 @@ NA, NR, RADIUS = 32, 16, 0.5
 N_VAL = 24
 
 
-def _config(amplitude, samples, **kw) -> DataConfig:
+def _config(amplitude, samples, **kw) -> GenerationConfig:
     gauss = GaussianFamily(count=(1, 3), amplitude=amplitude, width=(0.08, 0.1), tail_sigmas=3.5)
-    return DataConfig(n=32, k_over_pi=4.0, Na=NA, Nr=NR, polar_radius=RADIUS, samples=samples, seed=5,
+    return GenerationConfig(n=32, k_over_pi=4.0, Na=NA, Nr=NR, polar_radius=RADIUS, samples=samples, seed=5,
                       family=FamilyConfig(gaussian=gauss), **kw)
 
 

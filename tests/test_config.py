@@ -258,10 +258,10 @@ def test_yaml_file_scientific_notation_is_a_number(tmp_path):
 
 def test_original_lr_flag_small_value_loads():
     """The original script's `--lr 1e-5` goes through `optim.lr={float}` (str(1e-05) == '1e-05')."""
-    from bcrdist.train.cli import add_arguments, config_from_args
+    from bcrdist.cli.train import add_train_arguments, config_from_args
 
     parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    add_train_arguments(parser)
     for lr in ("1e-3", "1e-5"):
         assert config_from_args(parser.parse_args(["--lr", lr])).optim.lr == pytest.approx(float(lr))
 

@@ -6,9 +6,10 @@ import h5py
 import numpy as np
 import pytest
 
-from bcrdist.data.format import (ShardWriter, existing_shard, file_sha256, read_manifest, shard_name,
+from bcrdist.data.format import (ShardWriter, existing_shard, read_manifest, shard_name,
                                  write_manifest, write_shard)
 from bcrdist.errors import DataError
+from bcrdist.fileio import file_sha256
 
 
 def _arrays(n, seed=0):

@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from bcrdist.compat.transforms import antipodal, output_scale
+from bcrdist.transforms import antipodal, output_scale
 from bcrdist.data import Preprocess, ShardedDataset, epoch_order
-from bcrdist.data.format import file_sha256, write_manifest, write_shard
+from bcrdist.data.format import write_manifest, write_shard
+from bcrdist.fileio import file_sha256
 from bcrdist.data.splits import write_splits
 from bcrdist.data.stats import store_statistics
 from bcrdist.errors import ConfigError, DataError

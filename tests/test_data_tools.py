@@ -14,7 +14,7 @@ import pytest
 
 from bcrdist.cli import main
 from bcrdist.data.format import read_manifest, write_manifest, write_shard
-from bcrdist.data.mpi import launched_by_mpi
+from bcrdist.distributed.mpi import launched_by_mpi
 from bcrdist.data.splits import load_split, make_splits, original_split_counts, parse_fraction
 from bcrdist.data.synthetic import make_fan_file, make_farfield_file
 from bcrdist.data.verify import verify_dataset
@@ -308,12 +308,12 @@ def test_shard_and_merge_use_bounded_memory(tmp_path, layout):
     assert_same_file(src, tmp_path / "back.h5")
 
 
-def test_tool_wrappers_run_the_cli(tmp_path):
+def test_data_commands_run_end_to_end(tmp_path):
     make_fan_file(tmp_path / "src.h5", 30)
     for args in (["shard", tmp_path / "src.h5", tmp_path / "ds", "--samples-per-shard", "7", "--quiet"],
                  ["split", tmp_path / "ds", "--percent", "0.5"], ["stats", tmp_path / "ds"],
                  ["verify", tmp_path / "ds", "--quiet"], ["merge", tmp_path / "ds", tmp_path / "back.h5"]):
-        result = subprocess.run([sys.executable, str(REPO / "tools" / f"{args[0]}.py"), *map(str, args[1:])],
+        result = subprocess.run([sys.executable, "-m", "bcrdist", *map(str, args)], cwd=REPO,
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
     assert_same_file(tmp_path / "src.h5", tmp_path / "back.h5")

@@ -1,4 +1,4 @@
-"""Keras weight import (`bcrdist.compat.keras`) and the original data transforms (`bcrdist.compat.transforms`)."""
+"""Keras weight import (`bcrdist.models.keras`) and the original data transforms (`bcrdist.transforms`)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from bcrdist.compat import transforms
-from bcrdist.compat.keras import load_keras_weights
+from bcrdist import transforms
+from bcrdist.models.keras import load_keras_weights
 from bcrdist.errors import DataError
-from bcrdist.mnn import MNNH, MNNH2
+from bcrdist.models import MNNH, MNNH2
 from bcrdist.models.bcrnet import BCRNet
 
 KERAS = Path(__file__).resolve().parent / "fixtures" / "keras"
@@ -225,7 +225,7 @@ def test_non_keras_hdf5_refused(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# bcrdist.compat.transforms (§5.3, §5.4)
+# bcrdist.transforms (§5.3, §5.4)
 
 
 def antipodal_loop(measure: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ import torch
 
 import numpy_reference as ref
 from bcrdist import mnn
-from bcrdist.compat.keras import set_keras_weights
+from bcrdist.models.keras import set_keras_weights
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "keras" / "mnn_layers.h5"
 

@@ -13,10 +13,12 @@ import pytest
 import yaml
 
 from bcrdist.cli import main as cli_main
-from bcrdist.compat.transforms import antipodal
+from bcrdist.transforms import antipodal
 from bcrdist.config import load_config
 from bcrdist.errors import ConfigError, DataError
-from bcrdist.physics.generate import DataConfig, SampleMaker, generate
+from bcrdist.data.generate import generate
+from bcrdist.physics.generation_config import GenerationConfig
+from bcrdist.physics.sampling import SampleMaker
 from bcrdist.physics.layout import measure_from_far_field, polar_grid
 from bcrdist.physics.scatterers import sample_gaussian, sample_shapes, sample_shepp_logan
 from bcrdist.physics.solver import ConvergenceError
@@ -67,7 +69,7 @@ def test_measure_layout_and_polar_grid():
 
 @pytest.mark.parametrize("family", ["gaussian", "shapes", "shepp_logan"])
 def test_families_nonnegative_inside_support(family):
-    maker = SampleMaker(load_config(None, DataConfig, ["n=32", f"family.name={family}"]))
+    maker = SampleMaker(load_config(None, GenerationConfig, ["n=32", f"family.name={family}"]))
     x = np.linspace(-0.5, 0.5, 201)
     for index in range(5):
         s = maker.scatterer(index)
@@ -101,7 +103,7 @@ def test_families_depend_on_seed_only():
 
 
 def test_rotation_by_one_step_rolls_coe_and_preprocessed_measure():
-    cfg = load_config(None, DataConfig, ["n=64", "Na=32", "Nr=8", "family.gaussian.width=[0.045, 0.06]",
+    cfg = load_config(None, GenerationConfig, ["n=64", "Na=32", "Nr=8", "family.gaussian.width=[0.045, 0.06]",
                                          "solver.tol=1.0e-11"])
     maker = SampleMaker(cfg)
     s = maker.scatterer(7)
@@ -127,7 +129,7 @@ def test_rotation_by_one_step_rolls_coe_and_preprocessed_measure():
 def test_bad_config_is_one_line_error_naming_file_and_key(tmp_path, capsys, override, key):
     path = write_config(tmp_path / "bad.yaml", TINY)
     with pytest.raises(ConfigError) as info:
-        load_config(path, DataConfig, override)
+        load_config(path, GenerationConfig, override)
     assert str(path) in str(info.value) and key in str(info.value)
     assert cli_main(["generate", "--config", str(path), "--out", str(tmp_path / "out"), "--quiet",
                      *sum((["--set", o] for o in override), [])]) == 2
@@ -156,21 +158,21 @@ def test_generate_resume_and_refuse_other_settings(tmp_path, capsys):
     # an interrupted run: one shard lost; the rerun rewrites it identically and keeps the others
     before = {p.name: p.read_bytes() for p in out.glob("shard-*.h5")}
     (out / "shard-00001.h5").unlink()
-    summary = generate(load_config(cfg_path, DataConfig), out, progress=False)
+    summary = generate(load_config(cfg_path, GenerationConfig), out, progress=False)
     assert summary["written"] == 2  # the two samples of the lost shard
     assert {p.name: p.read_bytes() for p in out.glob("shard-*.h5")} == before
 
     # other settings: refused, naming the manifest; nothing is touched
     with pytest.raises(DataError, match="manifest.json: the directory holds a data set made with other settings"):
-        generate(load_config(cfg_path, DataConfig, ["seed=4"]), out, progress=False)
+        generate(load_config(cfg_path, GenerationConfig, ["seed=4"]), out, progress=False)
     (out / "manifest.json").unlink()
     with pytest.raises(DataError, match="shard-00000.h5: made with other settings"):
-        generate(load_config(cfg_path, DataConfig, ["seed=4"]), out, progress=False)
+        generate(load_config(cfg_path, GenerationConfig, ["seed=4"]), out, progress=False)
     assert {p.name: p.read_bytes() for p in out.glob("shard-*.h5")} == before
 
 
 def test_non_convergence_names_the_sample():
-    maker = SampleMaker(load_config(None, DataConfig, ["n=32", "solver.max_iterations=2"]))
+    maker = SampleMaker(load_config(None, GenerationConfig, ["n=32", "solver.max_iterations=2"]))
     with pytest.raises(ConvergenceError, match="^sample 5: GMRES did not converge"):
         maker(5)
 
@@ -187,7 +189,7 @@ def test_mpi_two_ranks_write_byte_identical_data(tmp_path, monkeypatch):
     # P = 1 in this process, two threads (the ranks below use one each), with mpi4py made unimportable:
     # a plain run must not initialise MPI
     monkeypatch.setitem(sys.modules, "mpi4py", None)
-    generate(load_config(cfg_path, DataConfig), tmp_path / "p1", threads=2, progress=False)
+    generate(load_config(cfg_path, GenerationConfig), tmp_path / "p1", threads=2, progress=False)
     env = {k: v for k, v in os.environ.items() if k not in launcher_vars}
     two = subprocess.run([str(VENV_BIN / "mpiexec"), "-n", "2", sys.executable, "-m", "bcrdist", "generate",
                           "--config", str(cfg_path), "--out", str(tmp_path / "p2"), "--quiet"],

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bcrdist.train.checkpoint import load_checkpoint
+from bcrdist.models.checkpoint import load_checkpoint
 from train_helpers import ROOT, assert_same_weights, clean_env, final_weights, make_dataset, torchrun, write_config
 
 pytestmark = pytest.mark.slurm

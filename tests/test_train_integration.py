@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import bcrdist
-from bcrdist.train.checkpoint import load_checkpoint
+from bcrdist.models.checkpoint import load_checkpoint
 from train_helpers import (BIN, ROOT, assert_same_weights, bcrdist as run_bcrdist, clean_env, final_weights,
                            make_dataset, torchrun, write_config)
 

@@ -13,6 +13,7 @@ import datetime
 import json
 import math
 import os
+import pathlib
 import socket
 import stat
 import time
@@ -24,14 +25,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from bcrdist.dist.env import LaunchEnv
-from bcrdist.dist.process_group import DistContext
+from bcrdist.distributed.launch_env import LaunchEnv
+from bcrdist.distributed.process_group import DistContext
 from bcrdist.errors import DataError
-from bcrdist.train import checkpoint as ckpt
-from bcrdist.train.checkpoint import (atomic_save, load_checkpoint, load_model_state, model_state,
+from bcrdist.models import checkpoint as ckpt
+from bcrdist.models.checkpoint import (atomic_save, load_checkpoint, load_model_state, model_state,
                                       remove_stale_temporaries, strip_prefixes, unwrap)
-from bcrdist.train.early_stop import BestModelTracker
-from bcrdist.train.metrics import (ErrorAccumulator, per_sample_error, psnr, relative_l2,
+from bcrdist.train.best_model import BestModelTracker
+from bcrdist.metrics import (ErrorAccumulator, per_sample_error, psnr, relative_l2,
                                    weighted_relative_error)
 from bcrdist.train.schedule import build_stages, initial_value_stage
 
@@ -573,7 +574,7 @@ def test_atomic_save_never_writes_target_directly(tmp_path, monkeypatch):
     def failing_replace(src, dst):
         raise OSError("rename failed")
 
-    monkeypatch.setattr(ckpt.os, "replace", failing_replace)
+    monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError):
         atomic_save({"v": 3}, path)
     monkeypatch.undo()
@@ -690,7 +691,7 @@ def test_remove_stale_temporaries(tmp_path):
 
 def test_remove_stale_temporaries_catches_real_leftover(tmp_path, monkeypatch):
     """The leftover of a save killed by SIGKILL (no cleanup) is recognised by remove_stale_temporaries."""
-    monkeypatch.setattr(ckpt.os, "unlink", lambda p: None)           # simulate: the except-clause never ran
+    monkeypatch.setattr(pathlib.Path, "unlink", lambda self, missing_ok=False: None)  # the except-clause never ran
     with pytest.raises(RuntimeError):
         atomic_save({"bad": Boom()}, tmp_path / "best.pt")
     monkeypatch.undo()

@@ -13,7 +13,7 @@ import yaml
 from bcrdist.data.format import write_manifest, write_shard
 from bcrdist.data.splits import write_splits
 from bcrdist.data.stats import store_statistics
-from bcrdist.train.checkpoint import load_checkpoint
+from bcrdist.models.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

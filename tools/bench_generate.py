@@ -31,7 +31,8 @@ import scipy.linalg
 import torch
 
 from bcrdist.config import load_config
-from bcrdist.physics.generate import DataConfig, SampleMaker
+from bcrdist.physics.generation_config import GenerationConfig
+from bcrdist.physics.sampling import SampleMaker
 from bcrdist.physics.solver import ScatteringSolver
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,10 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_GENERATE = """
 import json, sys, time
 from bcrdist.config import load_config
-from bcrdist.data.mpi import launched_by_mpi
-from bcrdist.physics.generate import DataConfig, generate
+from bcrdist.distributed.mpi import launched_by_mpi
+from bcrdist.data.generate import generate
+from bcrdist.physics.generation_config import GenerationConfig
 cpu = time.process_time()
-summary = generate(load_config(sys.argv[1], DataConfig, sys.argv[3:]), sys.argv[2], progress=False)
+summary = generate(load_config(sys.argv[1], GenerationConfig, sys.argv[3:]), sys.argv[2], progress=False)
 cpu = [time.process_time() - cpu]
 rank = 0
 if launched_by_mpi():
@@ -115,7 +117,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="passes of the batched timings (the fastest counts)")
     args = parser.parse_args()
 
-    cfg = load_config(args.config, DataConfig)
+    cfg = load_config(args.config, GenerationConfig)
     maker = SampleMaker(cfg)
     scatterers = [maker.scatterer(i) for i in range(args.samples)]
     rasters = [s.raster(cfg.n, cfg.box, cfg.family.supersample) for s in scatterers]

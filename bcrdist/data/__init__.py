@@ -14,9 +14,9 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "ShardedDataset": "bcrdist.data.reader",
-    "ShardedLoader": "bcrdist.data.reader",
-    "epoch_order": "bcrdist.data.reader",
+    "ShardedDataset": "bcrdist.data.dataset",
+    "ShardedLoader": "bcrdist.data.loader",
+    "epoch_order": "bcrdist.data.order",
     "Preprocess": "bcrdist.data.preprocess",
     "write_shard": "bcrdist.data.format",
     "existing_shard": "bcrdist.data.format",
@@ -31,6 +31,7 @@ _EXPORTS = {
     "shard_file": "bcrdist.data.convert",
     "merge_dataset": "bcrdist.data.merge",
     "verify_dataset": "bcrdist.data.verify",
+    "generate": "bcrdist.data.generate",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -29,7 +29,7 @@ import numpy as np
 
 from bcrdist.data.format import (MANIFEST_NAME, ShardWriter, existing_shard, open_h5, shard_name,
                                  write_manifest)
-from bcrdist.data.mpi import gather_or_raise, world
+from bcrdist.distributed.mpi import gather_or_raise, world
 from bcrdist.data.stats import merge_statistics, shard_statistics
 from bcrdist.errors import ConfigError, DataError
 

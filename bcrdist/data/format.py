@@ -28,6 +28,8 @@ import h5py
 import numpy as np
 
 from bcrdist.errors import DataError
+from bcrdist.fileio import (PathLike, atomic_write_json, file_sha256, fsync_file,
+                            remove_stale_temps, temp_path)
 
 FORMAT_NAME = "bcrdist-sharded-hdf5"
 FORMAT_VERSION = 1
@@ -37,9 +39,6 @@ MANIFEST_NAME = "manifest.json"
 CHUNK_BYTES = 1 << 20
 _RESERVED_ATTRS = ("bcrdist_format", "format_version", "shard_index", "first_index", "num_samples")
 
-PathLike = str | os.PathLike
-
-
 def shard_name(shard_index: int) -> str:
     """File name of shard `shard_index`: `shard-00000.h5`."""
     return f"shard-{int(shard_index):05d}.h5"
@@ -47,87 +46,6 @@ def shard_name(shard_index: int) -> str:
 
 def _sidecar(path: pathlib.Path) -> pathlib.Path:
     return path.with_name(path.name + ".json")
-
-
-def fsync_dir(directory: PathLike) -> None:
-    """Make a rename inside `directory` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: pathlib.Path) -> None:
-    """Flush a closed file's data to disk (before renaming it into place)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def temp_path(final: pathlib.Path) -> pathlib.Path:
-    """A hidden temporary name next to `final` (same directory, so the rename is atomic)."""
-    return final.with_name(f".{final.name}.{os.getpid()}.tmp")
-
-
-def remove_stale_temps(final: pathlib.Path) -> None:
-    """Delete temporaries of `final` left by an interrupted earlier run."""
-    for stale in final.parent.glob(f".{final.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> pathlib.Path:
-    """Write `data` to `path` via a temporary file in the same directory, fsync, rename."""
-    path = pathlib.Path(path)
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return path
-
-
-def to_json(obj: Any, indent: str = "") -> str:
-    """JSON with one key per line, but lists of scalars (shapes, ranges, index lists) kept on one line."""
-    inner = indent + "  "
-    if isinstance(obj, dict) and obj:
-        items = [f"{inner}{json.dumps(str(k))}: {to_json(v, inner)}" for k, v in obj.items()]
-        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
-    if isinstance(obj, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in obj):
-        return "[\n" + ",\n".join(inner + to_json(v, inner) for v in obj) + "\n" + indent + "]"
-    return json.dumps(obj, allow_nan=False)
-
-
-def atomic_write_json(path: PathLike, obj: Any) -> pathlib.Path:
-    """`atomic_write_bytes` of `obj` as JSON (`to_json`; NaN/inf are rejected: they are not JSON)."""
-    return atomic_write_bytes(path, (to_json(obj) + "\n").encode())
-
-
-def file_sha256(path: PathLike, chunk_bytes: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes, read in `chunk_bytes` pieces."""
-    digest = hashlib.sha256()
-    buf = bytearray(chunk_bytes)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while True:
-            n = fh.readinto(view)
-            if not n:
-                break
-            digest.update(view[:n])
-    return digest.hexdigest()
 
 
 def chunk_samples_for(sample_nbytes: int, num_samples: int) -> int:

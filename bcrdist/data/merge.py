@@ -15,7 +15,8 @@ import h5py
 import numpy as np
 
 from bcrdist.data.convert import decode_attrs
-from bcrdist.data.format import fsync_dir, fsync_file, open_h5, read_manifest, remove_stale_temps, temp_path
+from bcrdist.data.format import open_h5, read_manifest
+from bcrdist.fileio import fsync_dir, fsync_file, remove_stale_temps, temp_path
 from bcrdist.data.stats import iter_slabs
 from bcrdist.errors import ConfigError, DataError
 

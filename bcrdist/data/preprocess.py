@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from bcrdist.compat.transforms import antipodal, multiplicative_noise, output_scale
+from bcrdist.transforms import antipodal, multiplicative_noise, output_scale
 from bcrdist.data.format import Manifest
 from bcrdist.errors import ConfigError, DataError
 
@@ -30,7 +30,7 @@ class Preprocess:
 
     - input (B, Ns, Nd) → batch "input" (B, Ns, Nd), or (B, Ns, 2·Nd) when `input_imag` names a second
       dataset of the same shape, concatenated after it along the last (detector) axis.
-    - antipodal: the original's input transform (`bcrdist.compat.transforms.antipodal`), applied to input and
+    - antipodal: the original's input transform (`bcrdist.transforms.antipodal`), applied to input and
       input_imag separately, before the concatenation. Needs even Ns and Nd.
     - noise: multiplicative noise X·(1 + noise/100·ε), ε ~ N(0, 1) per entry, on the final input. The draw for
       a sample is seeded by (seed, epoch, global index), so it is reproducible and independent of rank,

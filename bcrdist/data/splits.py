@@ -16,7 +16,8 @@ import pathlib
 
 import numpy as np
 
-from bcrdist.data.format import Manifest, atomic_write_json, read_manifest
+from bcrdist.data.format import Manifest, read_manifest
+from bcrdist.fileio import atomic_write_json
 from bcrdist.errors import ConfigError, DataError
 
 SPLIT_FORMAT = "bcrdist-split"

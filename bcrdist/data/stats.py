@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from bcrdist.data.format import open_h5, read_manifest, update_manifest
-from bcrdist.data.mpi import gather_or_raise, world
+from bcrdist.distributed.mpi import gather_or_raise, world
 from bcrdist.errors import DataError
 
 SLAB_BYTES = 64 << 20

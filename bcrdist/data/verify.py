@@ -11,8 +11,9 @@ from typing import Callable
 
 import numpy as np
 
-from bcrdist.data.format import Manifest, file_sha256, open_h5, read_manifest
-from bcrdist.data.mpi import world
+from bcrdist.data.format import Manifest, open_h5, read_manifest
+from bcrdist.fileio import file_sha256
+from bcrdist.distributed.mpi import world
 from bcrdist.data.splits import list_splits, load_split
 from bcrdist.data.stats import field_parts, iter_slabs
 from bcrdist.errors import DataError

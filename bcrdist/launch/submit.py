@@ -13,11 +13,11 @@ machine with submitit's LocalExecutor (one node).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import submitit
@@ -52,70 +52,67 @@ def sweep_points(specs: list[str]) -> list[dict[str, object]]:
     return [dict(point) for point in itertools.product(*axes)] if axes else [{}]
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
-                   help="one job per combination of values (a job array); repeatable")
-    p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--gpus-per-node", type=int, default=0)
-    p.add_argument("--tasks-per-node", type=int, help="ranks per node (default: GPUs per node, or 1)")
-    p.add_argument("--cpus-per-task", type=int, default=1)
-    p.add_argument("--partition")
-    p.add_argument("--time", type=int, default=60, help="time limit in minutes")
-    p.add_argument("--signal-delay", type=int, default=120, help="seconds of warning before the time limit")
-    p.add_argument("--max-timeouts", type=int, default=3, help="requeues after time limits")
-    p.add_argument("--folder", help="submitit logs (default RUN_DIR/submitit)")
-    p.add_argument("--local", action="store_true", help="run here with submitit's LocalExecutor (one node)")
-    p.add_argument("--wait", action="store_true", help="wait for the jobs and print their results")
+@dataclass(frozen=True)
+class JobResources:
+    """What one training job asks the scheduler for (`local`: submitit's LocalExecutor on this machine)."""
+
+    nodes: int = 1
+    tasks_per_node: int = 1
+    cpus_per_task: int = 1
+    gpus_per_node: int = 0
+    time_min: int = 60
+    partition: str | None = None
+    signal_delay_s: int = 120
+    max_timeouts: int = 3
+    local: bool = False
 
 
-def make_executor(args: argparse.Namespace, folder: Path, tasks: int):
-    if args.local:
-        if args.nodes != 1:
+def make_executor(res: JobResources, folder: Path):
+    """A submitit executor for `res`, logging into `folder`."""
+    if res.local:
+        if res.nodes != 1:
             raise ConfigError("--local runs on this machine: it needs --nodes 1")
         executor = submitit.AutoExecutor(folder=folder, cluster="local")
     else:
         # max_num_timeout is a constructor argument of the Slurm executor, not an update_parameters one
-        executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=args.max_timeouts)
-    params = dict(nodes=args.nodes, tasks_per_node=tasks, cpus_per_task=args.cpus_per_task,
-                  timeout_min=args.time, name="bcrdist-train")
-    if args.gpus_per_node:
-        params["gpus_per_node"] = args.gpus_per_node
-    if not args.local:
-        params.update(slurm_signal_delay_s=args.signal_delay)
-        if args.partition:
-            params["slurm_partition"] = args.partition
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=res.max_timeouts)
+    params = dict(nodes=res.nodes, tasks_per_node=res.tasks_per_node, cpus_per_task=res.cpus_per_task,
+                  timeout_min=res.time_min, name="bcrdist-train")
+    if res.gpus_per_node:
+        params["gpus_per_node"] = res.gpus_per_node
+    if not res.local:
+        params.update(slurm_signal_delay_s=res.signal_delay_s)
+        if res.partition:
+            params["slurm_partition"] = res.partition
     executor.update_parameters(**params)
     return executor
 
 
-def run(args: argparse.Namespace) -> int:
-    base = load_config(args.config, TrainConfig, args.overrides)
-    points = sweep_points(args.sweep)
+def sweep_configs(config_path, overrides: list[str], sweep: list[str]) -> list[dict]:
+    """One resolved training config (as a mapping) per sweep point, each in its own run directory
+    `RUN_DIR/key=value,...` when there is a sweep."""
+    base = load_config(config_path, TrainConfig, overrides)
     configs = []
-    for point in points:
-        overrides = list(args.overrides) + [f"{k}={v}" for k, v in point.items()]
+    for point in sweep_points(sweep):
+        point_overrides = list(overrides) + [f"{k}={v}" for k, v in point.items()]
         if point:
             tag = ",".join(f"{k}={v}" for k, v in point.items())
-            overrides.append(f"run_dir={Path(base.run_dir) / tag}")
-        configs.append(to_dict(load_config(args.config, TrainConfig, overrides)))
-    tasks = args.tasks_per_node or max(args.gpus_per_node, 1)
+            point_overrides.append(f"run_dir={Path(base.run_dir) / tag}")
+        configs.append(to_dict(load_config(config_path, TrainConfig, point_overrides)))
+    return configs
+
+
+def submit(configs: list[dict], res: JobResources, folder: Path) -> list:
+    """Submit one job per config (a job array for several); checks that every global batch divides."""
+    ranks = res.tasks_per_node * res.nodes
     for cfg in configs:
-        if cfg["schedule"]["batch_size"] % (tasks * args.nodes):
+        if cfg["schedule"]["batch_size"] % ranks:
             raise ConfigError(f"schedule.batch_size {cfg['schedule']['batch_size']} is not divisible by "
-                              f"{tasks * args.nodes} ranks")
-    folder = Path(args.folder) if args.folder else Path(base.run_dir) / "submitit"
-    executor = make_executor(args, folder, tasks)
+                              f"{ranks} ranks")
+    executor = make_executor(res, folder)
     if len(configs) == 1:
-        jobs = [executor.submit(TrainJob(), configs[0])]
-    else:
-        jobs = executor.map_array(TrainJob(), configs)
-    for job, cfg in zip(jobs, configs):
-        print(f"job {job.job_id}: run {cfg['run_dir']}, logs {job.paths.stdout}")
-    if args.wait:
-        return wait_and_report(jobs, local=args.local)
-    return 0
+        return [executor.submit(TrainJob(), configs[0])]
+    return list(executor.map_array(TrainJob(), configs))
 
 
 _ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")

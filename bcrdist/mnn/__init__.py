@@ -1,6 +1,5 @@
-"""MNN layer library (channels-first ports of Yuwei Fan's `mnn`) and the MNN-H / MNN-H2 networks."""
+"""MNN layer library: channels-first ports of Yuwei Fan's `mnn` layers (the networks are in `bcrdist.models`)."""
 
-from bcrdist.mnn.builders import MNNH, MNNH2
 from bcrdist.mnn.conv import (CNNI1D, CNNI2D, CNNI3D, CNNK1D, CNNK2D, CNNK3D, CNNR1D, CNNR2D, CNNR3D)
 from bcrdist.mnn.locally_connected import LCI1D, LCI2D, LCK1D, LCK2D, LCR1D, LCR2D
 from bcrdist.mnn.padding import PeriodPadding1D, PeriodPadding2D, PeriodPadding3D, period_pad, zero_pad
@@ -10,7 +9,6 @@ from bcrdist.mnn.wavelet import (InvWaveLetC1D, InvWaveLetC2D, InvWaveLetC3D, Wa
                                  WaveLetC3D)
 
 __all__ = [
-    "MNNH", "MNNH2",
     "CNNR1D", "CNNR2D", "CNNR3D", "CNNK1D", "CNNK2D", "CNNK3D", "CNNI1D", "CNNI2D", "CNNI3D",
     "LCR1D", "LCR2D", "LCK1D", "LCK2D", "LCI1D", "LCI2D",
     "WaveLetC1D", "WaveLetC2D", "WaveLetC3D", "InvWaveLetC1D", "InvWaveLetC2D", "InvWaveLetC3D",

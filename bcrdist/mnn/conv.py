@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bcrdist.mnn._common import (check_bc_padding, check_positive, get_activation, glorot_uniform_,
+from bcrdist.mnn.arguments import (check_bc_padding, check_positive, get_activation, glorot_uniform_,
                                  to_tuple)
 from bcrdist.mnn.padding import pad
 from bcrdist.mnn.reshape import reshape_m

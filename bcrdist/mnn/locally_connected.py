@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from bcrdist.mnn._common import glorot_uniform_, to_tuple
+from bcrdist.mnn.arguments import glorot_uniform_, to_tuple
 from bcrdist.mnn.conv import MNNLayer, odd_kernel
 from bcrdist.mnn.padding import pad
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bcrdist.mnn._common import to_pad_tuple
+from bcrdist.mnn.arguments import to_pad_tuple
 
 
 def period_pad(x: torch.Tensor, pads: tuple[tuple[int, int], ...]) -> torch.Tensor:

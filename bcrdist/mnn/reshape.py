@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from bcrdist.mnn._common import to_tuple
+from bcrdist.mnn.arguments import to_tuple
 
 
 def reshape_m(x: torch.Tensor, w: tuple[int, ...]) -> torch.Tensor:

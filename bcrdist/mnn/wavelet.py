@@ -10,7 +10,7 @@ Glorot-uniform kernels and zero biases; BCR-Net uses them without bias (`use_bia
 
 from __future__ import annotations
 
-from bcrdist.mnn._common import to_tuple
+from bcrdist.mnn.arguments import to_tuple
 from bcrdist.mnn.conv import MNNConv, odd_kernel
 
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bcrdist.mnn._common import check_positive, glorot_uniform_
+from bcrdist.mnn.arguments import check_positive, glorot_uniform_
 from bcrdist.mnn.conv import CNNK1D
 from bcrdist.mnn.padding import period_pad
 from bcrdist.mnn.wavelet import InvWaveLetC1D, WaveLetC1D

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bcrdist.compat.transforms import antipodal
+from bcrdist.transforms import antipodal
 from bcrdist.models.bcrnet import BCRNet
 
 

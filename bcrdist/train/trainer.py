@@ -1,7 +1,7 @@
 """The training loop: the original BCR-Net recipe under DDP, readable top to bottom.
 
 `train(cfg)` initialises the process group, builds data, model and optimizer, then runs the stages of
-`bcrdist.train.schedule` with the SaveBestModel rules of `bcrdist.train.early_stop`. Every decision
+`bcrdist.train.schedule` with the SaveBestModel rules of `bcrdist.train.best_model`. Every decision
 (improvement, reduce-LR, stop, NaN rollback, preemption) is taken from values that are identical on all
 ranks (all-reduced errors, or rank 0's decision broadcast), so every rank reaches every collective.
 Rank 0 alone writes files; checkpoints are atomic.
@@ -25,17 +25,18 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from bcrdist import __version__
 from bcrdist.config import to_dict
-from bcrdist.data.format import atomic_write_json
-from bcrdist.dist import DistContext, init_distributed, shutdown_distributed
+from bcrdist.fileio import atomic_write_json, json_safe
+from bcrdist.distributed import DistContext, init_distributed, shutdown_distributed
 from bcrdist.errors import BcrdistError, ConfigError
 from bcrdist.models.scattering import ScatteringModel
-from bcrdist.train.checkpoint import (atomic_save, load_checkpoint, load_model_state, model_state,
+from bcrdist.models.checkpoint import (atomic_save, load_checkpoint, load_model_state, model_state,
                                       remove_stale_temporaries)
 from bcrdist.train.config import TrainConfig
-from bcrdist.train.data import TrainingData
-from bcrdist.train.early_stop import BestModelTracker
-from bcrdist.train.logging import RunLogger
-from bcrdist.train.metrics import ErrorAccumulator, per_sample_error
+from bcrdist.train.training_data import TrainingData
+from bcrdist.train.best_model import BestModelTracker
+from bcrdist.train.run_log import RunLogger
+from bcrdist.metrics import ErrorAccumulator, per_sample_error
+from bcrdist.train.optim import make_optimizer, set_lr
 from bcrdist.train.preemption import PreemptionFlag, requeue_slurm_job
 from bcrdist.train.schedule import (FINETUNE_STAGES, PRETRAIN_STAGES, Stage, build_stages,
                                     initial_value_stage)
@@ -43,18 +44,6 @@ from bcrdist.train.schedule import (FINETUNE_STAGES, PRETRAIN_STAGES, Stage, bui
 
 class TrainingDiverged(BcrdistError):
     """Too many non-finite losses: training stopped with the best weights kept."""
-
-
-def make_optimizer(cfg: TrainConfig, params, lr: float) -> torch.optim.Optimizer:
-    if cfg.optim.name == "nadam":
-        # Keras 2.2 Nadam: β = (0.9, 0.999), ε = K.epsilon() = 1e-7, schedule_decay 0.004
-        return torch.optim.NAdam(params, lr=lr, betas=(0.9, 0.999), eps=1e-7, momentum_decay=0.004)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.optim.weight_decay)
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
 
 
 def seed_everything(seed: int) -> None:
@@ -148,7 +137,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def _load_initial_weights(self, path: str) -> None:
         if path.endswith(".h5"):
-            from bcrdist.compat.keras import load_keras_weights
+            from bcrdist.models.keras import load_keras_weights
             load_keras_weights(self.model.net, path)
         else:
             load_model_state(self.model, load_checkpoint(path)["model"])
@@ -330,7 +319,7 @@ class Trainer:
                 for x, y in batches:
                     wait += time.time() - t_wait
                     loss = self.train_step(stage, x, y)
-                    bar.update(loss, self.pos["step"] + 1)
+                    self.log.step_done(bar, loss, self.pos["step"] + 1)
                     if not math.isfinite(loss):
                         self.handle_nan(stage)
                         set_lr(self.optimizer, self.lr)
@@ -447,15 +436,6 @@ class Trainer:
             if new:
                 f.write("\t".join(header) + "\n")
             f.write("\t".join(str(v) for v in row) + "\n")
-
-
-def json_safe(obj):
-    """Non-finite floats (e.g. a best error that never improved) → None, so results stay valid JSON."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def train(cfg: TrainConfig) -> dict:

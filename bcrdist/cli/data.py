@@ -1,0 +1,158 @@
+"""The data-set commands: `bcrdist shard | verify | merge | split | stats`.
+
+- `bcrdist shard SRC OUT --samples-per-shard N`: convert an original HDF5 file into a sharded data set.
+- `bcrdist verify DATA`: check checksums, shapes, dtypes, values and splits of a sharded data set.
+- `bcrdist merge DATA OUT`: write a sharded data set back into one HDF5 file.
+- `bcrdist split DATA`: write train/test (and validation) split files for a sharded data set.
+- `bcrdist stats DATA`: streaming min/max/mean/std per field, stored into the manifest.
+
+Under mpiexec/srun, shard, verify and stats share the shards among the ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+
+def progress(comm, quiet: bool) -> Callable[[str], None]:
+    """A logger for per-shard progress lines: flushed at once, prefixed with the rank under MPI."""
+    if quiet:
+        return lambda _: None
+    prefix = f"[rank {comm.rank}/{comm.size}] " if comm.size > 1 else ""
+
+    def log(message: str) -> None:
+        print(prefix + message, flush=True)
+
+    return log
+
+
+def megabytes(value: str) -> int:
+    """argparse type: a positive size in MiB → bytes."""
+    size = float(value)
+    if not size > 0:
+        raise ValueError(f"size must be positive, got {value}")
+    return int(size * (1 << 20))
+
+
+def fail(problems: list[str]) -> int:
+    """Print each problem on its own line to stderr; exit status 2."""
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 2
+
+
+def add_shard_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", help="source HDF5 file (Fan's {prefix}.h5 or the far-field/image .hdf5)")
+    parser.add_argument("out", help="output data-set directory (created; a rerun resumes)")
+    parser.add_argument("--samples-per-shard", type=int, required=True, metavar="N",
+                        help="samples per shard file (e.g. 1000–10000: a few hundred MB per shard)")
+    parser.add_argument("--layout", choices=("auto", "fan", "farfield"), default="auto",
+                        help="source layout (default: detected from the dataset names)")
+    parser.add_argument("--slab-mb", type=megabytes, default=256 << 20, dest="slab_bytes", metavar="MB",
+                        help="copy each dataset in slabs of about this size; peak memory is a few slabs (default 256)")
+    parser.add_argument("--allow-nonfinite", action="store_true", help="accept NaN/inf values in the source")
+    parser.add_argument("--quiet", action="store_true", help="no per-shard progress lines")
+
+
+def run_shard(args: argparse.Namespace) -> int:
+    from bcrdist.data.convert import shard_file
+    from bcrdist.distributed.mpi import world
+
+    comm = world()
+    shard_file(args.src, args.out, args.samples_per_shard, layout=args.layout, slab_bytes=args.slab_bytes,
+               allow_nonfinite=args.allow_nonfinite, comm=comm, log=progress(comm, args.quiet))
+    return 0
+
+
+def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", help="data-set directory")
+    parser.add_argument("--no-checksums", action="store_true", help="skip the SHA-256 of each shard")
+    parser.add_argument("--no-scan", action="store_true", help="skip the NaN/inf scan of the values")
+    parser.add_argument("--quiet", action="store_true", help="no per-shard progress lines")
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from bcrdist.data.format import read_manifest
+    from bcrdist.distributed.mpi import world
+    from bcrdist.data.verify import verify_dataset
+
+    comm = world()
+    problems = verify_dataset(args.data, checksums=not args.no_checksums, scan=not args.no_scan, comm=comm,
+                              log=progress(comm, args.quiet))
+    if comm.rank != 0:
+        return 2 if problems else 0
+    if problems:
+        return fail(problems)
+    manifest = read_manifest(args.data)
+    print(f"{manifest.root}: ok ({manifest.num_samples} samples in {len(manifest.shards)} shards, "
+          f"data set {manifest.dataset_id})")
+    return 0
+
+
+def add_merge_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", help="data-set directory")
+    parser.add_argument("out", help="output HDF5 file")
+    parser.add_argument("--layout", choices=("auto", "original", "samples"), default="auto",
+                        help="original: the file `shard` converted from (byte-identical data); samples: every "
+                             "dataset as (N, ...); auto: original when recorded (default)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--slab-mb", type=megabytes, default=256 << 20, dest="slab_bytes", metavar="MB",
+                        help="copy each dataset in slabs of about this size; peak memory is a few slabs (default 256)")
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from bcrdist.data.merge import merge_dataset
+
+    out = merge_dataset(args.data, args.out, layout=args.layout, overwrite=args.overwrite,
+                        slab_bytes=args.slab_bytes)
+    print(f"wrote {out}")
+    return 0
+
+
+def add_split_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", help="data-set directory")
+    parser.add_argument("--percent", default="0.8",
+                        help="training fraction, a number or a quotient (original rule: train = first "
+                             "int(N·percent), test = next min(max(n_train, 5000), N − n_train)); default 0.8; "
+                             "Ma's default is .3/.4")
+    parser.add_argument("--val", type=int, default=0, metavar="N",
+                        help="carve a validation split of N samples from the end of the training part")
+    parser.add_argument("--random", action="store_true",
+                        help="permute the samples (seeded) before splitting; sizes as the original rule")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
+    parser.add_argument("--out", default=None, metavar="DIR", help="directory for the split files "
+                        "(default DATA/splits, where readers find them by name)")
+
+
+def run_split(args: argparse.Namespace) -> int:
+    from bcrdist.data.splits import load_split, parse_fraction, write_splits
+    from bcrdist.data.format import read_manifest
+
+    paths = write_splits(args.data, parse_fraction(args.percent), val=args.val, random=args.random,
+                         seed=args.seed, out_dir=args.out)
+    manifest = read_manifest(args.data)
+    for name, path in paths.items():
+        print(f"{name}: {len(load_split(manifest, path))} samples → {path}")
+    return 0
+
+
+def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", help="data-set directory")
+    parser.add_argument("--slab-mb", type=megabytes, default=64 << 20, dest="slab_bytes", metavar="MB",
+                        help="read this much of one dataset at a time (default 64)")
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from bcrdist.distributed.mpi import world
+    from bcrdist.data.stats import store_statistics
+
+    comm = world()
+    stats = store_statistics(args.data, comm=comm, slab_bytes=args.slab_bytes)
+    if comm.rank == 0:
+        print(f"{'field':<16} {'count':>12} {'min':>13} {'max':>13} {'mean':>13} {'std':>13} {'nonfinite':>9}")
+        for field, s in stats.items():
+            cells = [f"{s[k]:>13.6g}" if s[k] is not None else f"{'-':>13}" for k in ("min", "max", "mean", "std")]
+            print(f"{field:<16} {s['count']:>12} {' '.join(cells)} {s['nonfinite']:>9}")
+    return 0

@@ -1,0 +1,26 @@
+"""`bcrdist evaluate --checkpoint RUN/checkpoints/best.pt --data DIR [--split test] [--out DIR]`: exact
+metrics, predictions and plots of a checkpoint on a split (`bcrdist.train.evaluation`); runs under torchrun
+too."""
+
+from __future__ import annotations
+
+import argparse
+
+from bcrdist.train.evaluation import evaluate
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a bcrdist checkpoint (best.pt or last.pt)")
+    p.add_argument("--data", required=True, help="data-set directory")
+    p.add_argument("--split", default="test", help="split name or file ('all' for every sample)")
+    p.add_argument("--out", help="output folder (default: RUN/eval-SPLIT next to the checkpoint's run)")
+    p.add_argument("--noise", type=float, default=0.0, help="multiplicative input noise in percent")
+    p.add_argument("--plots", type=int, default=4, help="samples to plot")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    evaluate(args.checkpoint, args.data, args.split, args.out, args.noise, args.plots, args.batch_size,
+             args.device)
+    return 0

@@ -1,0 +1,65 @@
+"""The `bcrdist` command line: one subcommand per job, each in a module of `bcrdist.cli`.
+
+Each entry of `SUBCOMMANDS` names the module that provides `add_<name>_arguments(parser)` and
+`run_<name>(args) -> int` (name with `-` written `_`).
+Modules are imported only when their subcommand runs, so `bcrdist --help` stays fast. User errors
+(`BcrdistError`, `ValueError`, missing files) print one line and exit with status 2; set
+BCRDIST_TRACEBACK=1 to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from bcrdist.errors import BcrdistError
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("bcrdist.cli.demo", "the whole pipeline on a small default: generate, train with 2 processes, evaluate"),
+    "train": ("bcrdist.cli.train", "train BCR-Net (one rank; launch with torchrun, srun or mpiexec)"),
+    "evaluate": ("bcrdist.cli.evaluate", "exact metrics, predictions and plots of a checkpoint on a split"),
+    "predict": ("bcrdist.cli.predict", "predict η from measurements with a trained checkpoint"),
+    "submit": ("bcrdist.cli.submit", "submit training jobs or sweeps to Slurm (or run locally) with submitit"),
+    "import-keras": ("bcrdist.cli.import_keras", "convert a Keras save_weights file into a bcrdist checkpoint"),
+    "generate": ("bcrdist.cli.generate", "generate a training data set with the forward scattering solver"),
+    "shard": ("bcrdist.cli.data", "convert an original HDF5 data file into a sharded data set"),
+    "verify": ("bcrdist.cli.data", "check a sharded data set: checksums, shapes, dtypes, NaN/inf, splits"),
+    "merge": ("bcrdist.cli.data", "write a sharded data set back into one HDF5 file (original layout)"),
+    "split": ("bcrdist.cli.data", "write train/val/test split files for a sharded data set"),
+    "stats": ("bcrdist.cli.data", "compute per-field min/max/mean/std and store them in the manifest"),
+    "baseline": ("bcrdist.cli.baseline", "Tikhonov-regularised Born inversion baseline on a split"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bcrdist import __version__
+
+    parser = argparse.ArgumentParser(prog="bcrdist", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"bcrdist {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in SUBCOMMANDS:
+        parser.parse_args(argv or ["--help"])
+        return 2
+    name = argv[0]
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    sub = argparse.ArgumentParser(prog=f"bcrdist {name}", description=SUBCOMMANDS[name][1])
+    fn = name.replace("-", "_")
+    getattr(module, f"add_{fn}_arguments")(sub)
+    args = sub.parse_args(argv[1:])
+    try:
+        return int(getattr(module, f"run_{fn}")(args) or 0)
+    except (BcrdistError, ValueError, FileNotFoundError) as exc:
+        if os.environ.get("BCRDIST_TRACEBACK"):
+            raise
+        print(f"bcrdist {name}: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,142 @@
+"""Loading a `ShardedDataset` epoch: a prefetch thread or DataLoader worker processes, pinned memory, and
+an exact resume point.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+from typing import TYPE_CHECKING, Iterator
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from bcrdist.errors import ConfigError
+
+if TYPE_CHECKING:
+    from bcrdist.data.dataset import ShardedDataset
+
+
+def ignore_job_signals(_worker_id: int) -> None:
+    """DataLoader workers ignore the signals Slurm sends to every process of a job step (USR1/USR2/TERM):
+    the main process handles them at a step boundary and needs its workers alive until it has saved."""
+    for name in ("SIGUSR1", "SIGUSR2", "SIGTERM"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
+class _EpochView(IterableDataset):
+    """One epoch of a ShardedDataset from a fixed start, as handed to DataLoader worker processes."""
+
+    def __init__(self, dataset: ShardedDataset, epoch: int, start: int):
+        super().__init__()
+        self.dataset, self.epoch, self.start = dataset, epoch, start
+
+    def __len__(self) -> int:
+        return self.dataset.num_batches - self.start
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self.dataset._iter_batches(self.epoch, self.start, worker, num_workers)
+
+
+class _Prefetcher:
+    """Run a batch iterator in a background thread, `depth` batches ahead (reads release the GIL)."""
+
+    _DONE = object()
+
+    def __init__(self, iterator: Iterator[dict], depth: int, pin: bool):
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(iterator, pin), daemon=True,
+                                        name="bcrdist-prefetch")
+        self._thread.start()
+
+    def _run(self, iterator: Iterator[dict], pin: bool) -> None:
+        try:
+            for batch in iterator:
+                if pin:
+                    batch = {k: v.pin_memory() for k, v in batch.items()}
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            item = self._DONE
+        except BaseException as exc:
+            item = exc
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self) -> Iterator[dict]:
+        try:
+            while True:
+                item = self._queue.get()
+                if item is self._DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self._stop.set()
+            self._thread.join()
+
+
+class ShardedLoader:
+    """Iterates a ShardedDataset's current epoch with prefetching and keeps its `state_dict` exact.
+
+    num_workers = 0: one background thread reads and preprocesses `prefetch` batches ahead. num_workers > 0:
+    a torch DataLoader with that many worker processes (each reads only its own batches' samples; batches
+    arrive in the same order as with one process). pin_memory pins the batches for asynchronous copies to the
+    GPU (ignored without CUDA). Re-created workers each epoch, so `set_epoch` always reaches them.
+    """
+
+    def __init__(self, dataset: ShardedDataset, *, num_workers: int = 0, pin_memory: bool = False,
+                 prefetch: int = 2, multiprocessing_context=None):
+        if num_workers < 0 or prefetch < 1:
+            raise ConfigError(f"num_workers ({num_workers}) must be ≥ 0 and prefetch ({prefetch}) ≥ 1")
+        self.dataset = dataset
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
+        self.prefetch = int(prefetch)
+        self.multiprocessing_context = multiprocessing_context
+
+    def __len__(self) -> int:
+        return self.dataset.num_batches
+
+    def __iter__(self) -> Iterator[dict]:
+        ds = self.dataset
+        epoch, start = ds.epoch, ds._take_resume()
+        if self.num_workers == 0:
+            batches = iter(_Prefetcher(ds._iter_batches(epoch, start, 0, 1), self.prefetch, self.pin_memory))
+        else:
+            batches = iter(torch.utils.data.DataLoader(
+                _EpochView(ds, epoch, start), batch_size=None, num_workers=self.num_workers,
+                pin_memory=self.pin_memory, prefetch_factor=self.prefetch,
+                multiprocessing_context=self.multiprocessing_context, worker_init_fn=ignore_job_signals))
+        try:
+            for k, batch in enumerate(batches):
+                ds._consumed = start + k + 1
+                yield batch
+        finally:
+            # stop the prefetch thread now; a DataLoader iterator shuts its workers down when released
+            if hasattr(batches, "close"):
+                batches.close()
+            del batches
+
+    def state_dict(self) -> dict:
+        return self.dataset.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dataset.load_state_dict(state)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)

@@ -1,7 +1,0 @@
-"""Launch-environment detection and process groups."""
-
-from bcrdist.dist.env import LaunchEnv, LaunchError, detect_environment, parse_nodelist, slurm_port
-from bcrdist.dist.process_group import DistContext, init_distributed, shutdown_distributed
-
-__all__ = ["LaunchEnv", "LaunchError", "detect_environment", "parse_nodelist", "slurm_port", "DistContext",
-           "init_distributed", "shutdown_distributed"]

@@ -1,0 +1,97 @@
+"""Checkpoints: written by rank 0 atomically, loaded with `torch.load(weights_only=True)`.
+
+A trained model with its preprocessing, from a checkpoint, in two lines:
+
+    model = bcrdist.load_model("runs/demo/checkpoints/best.pt")
+    eta = model.predict_eta(measure)            # (B, Ns, Nd) raw measurements → (B, Nt, Nr) η
+
+
+A checkpoint is a dict of tensors and plain Python values (no pickled objects), so `weights_only=True`
+loads it. Model state dicts are stored without DDP (`module.`) or torch.compile (`_orig_mod.`) prefixes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bcrdist.errors import DataError
+from bcrdist.fileio import atomic_write
+from bcrdist.models.scattering import ScatteringModel
+
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under any DDP / torch.compile wrappers (nested in any order)."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def strip_prefixes(state: dict) -> dict:
+    """Remove leading `module.` / `_orig_mod.` prefixes, repeatedly (they nest in either order)."""
+    out = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def model_state(model: nn.Module) -> dict:
+    """Prefix-free state dict of the unwrapped model, on the CPU."""
+    return {k: v.detach().cpu().clone() for k, v in strip_prefixes(unwrap(model).state_dict()).items()}
+
+
+def atomic_save(obj: dict, path: str | Path) -> Path:
+    """torch.save `obj` to `path` atomically (`bcrdist.fileio.atomic_write`)."""
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def remove_stale_temporaries(directory: str | Path) -> None:
+    """Delete temporaries left by a save that was killed (they never look like checkpoints)."""
+    directory = Path(directory)
+    if directory.is_dir():
+        for tmp in directory.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load a checkpoint with weights_only=True; a missing or unreadable file is a DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable bcrdist checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def load_model_state(model: nn.Module, state: dict) -> None:
+    """Load a (possibly prefixed) state dict into the unwrapped `model`, strictly."""
+    unwrap(model).load_state_dict(strip_prefixes(state), strict=True)
+
+
+def load_model(checkpoint, device="cpu", with_meta: bool = False):
+    """A `ScatteringModel` in eval mode with the weights and normalisation stored in `checkpoint`."""
+    ck = load_checkpoint(checkpoint)
+    if "model_config" not in ck or "model" not in ck:
+        raise DataError(f"{checkpoint}: not a bcrdist model checkpoint (no model_config/model)")
+    mc = ck["model_config"]
+    net = dict(mc["net"])
+    net["n_input"], net["n_output"] = tuple(net["n_input"]), tuple(net["n_output"])
+    model = ScatteringModel(net, antipodal=mc["antipodal"], use_imag=mc["use_imag"])
+    load_model_state(model, ck["model"])
+    model.to(device).eval()
+    if with_meta:
+        return model, {"seed": (ck.get("config") or {}).get("seed", 0), "config": ck.get("config")}
+    return model

@@ -1,0 +1,82 @@
+"""One training sample from its index: random scatterer (seeded by (seed, index)) → far field → the
+original's `measure`/`coe` layout.
+
+Arrays per sample (`SampleMaker.arrays`; the data set adds the sample axis first):
+    measure        (Na, Na/2) float32   Re of F[(i + j) mod Na, (i − j) mod Na]
+    measure_imag   (Na, Na/2) float32   Im of the same
+    coe            (Na, Nr)   float32   η(ρ_i cos θ_j, ρ_i sin θ_j), θ_j = 2πj/Na, ρ_i = (i + ½)R/Nr
+    eta            (n, n)     float32   the raster the solver saw, eta[i, j] = η(x_i, y_j)
+    farfield       (Na, Na)   complex64 F[obs, src] = u_∞(θ_obs; θ_src)
+    family         ()         int32     0 gaussian, 1 shapes, 2 shepp_logan
+    num_primitives ()         int32     rows used in `primitives`
+    primitives     (P, C)     float64   the scatterer's primitive table, zero-padded (see scatterers.Scatterer)
+    iterations     ()         int32     most GMRES iterations over the solved right-hand sides
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bcrdist.physics.generation_config import GenerationConfig
+from bcrdist.physics.layout import measure_from_far_field
+from bcrdist.physics.scatterers import (BASE_COLUMNS, FAMILY_IDS, SHEPP_LOGAN_PRIMITIVES, Scatterer,
+                                        sample_gaussian, sample_shapes, sample_shepp_logan)
+from bcrdist.physics.solver import ConvergenceError, ScatteringSolver
+
+
+class SampleMaker:
+    """Builds the arrays of one sample from its index (or from a given scatterer)."""
+
+    def __init__(self, cfg: GenerationConfig):
+        self.cfg = cfg
+        angles = 2 * np.pi * np.arange(cfg.Na) / cfg.Na
+        s = cfg.solver
+        self.solver = ScatteringSolver(cfg.n, cfg.k, angles, angles, box=cfg.box, tol=s.tol, restart=s.restart,
+                                       max_iterations=s.max_iterations)
+        fam = cfg.family
+        self.max_primitives = {"gaussian": fam.gaussian.count[1], "shapes": fam.shapes.count[1],
+                               "shepp_logan": SHEPP_LOGAN_PRIMITIVES}[fam.name]
+        self.columns = BASE_COLUMNS + (2 * fam.shapes.vertices[1] if fam.name == "shapes" else 0)
+
+    def scatterer(self, index: int) -> Scatterer:
+        """The random scatterer of sample `index` (depends on (seed, index) only)."""
+        cfg, fam = self.cfg, self.cfg.family
+        rng = np.random.default_rng([cfg.seed, index])
+        support = fam.support_radius * cfg.box
+        if fam.name == "gaussian":
+            g = fam.gaussian
+            return sample_gaussian(rng, count=g.count, amplitude=g.amplitude,
+                                   width=(g.width[0] * cfg.box, g.width[1] * cfg.box), tail_sigmas=g.tail_sigmas,
+                                   support_radius=support)
+        if fam.name == "shapes":
+            p = fam.shapes
+            return sample_shapes(rng, count=p.count, contrast=p.contrast,
+                                 size=(p.size[0] * cfg.box, p.size[1] * cfg.box), polygon_fraction=p.polygon_fraction,
+                                 vertices=p.vertices, gap=p.gap * cfg.box, support_radius=support)
+        p = fam.shepp_logan
+        return sample_shepp_logan(rng, contrast=p.contrast, jitter=p.jitter, support_radius=support)
+
+    def arrays(self, scatterer: Scatterer) -> dict[str, np.ndarray]:
+        """The per-sample arrays (no sample axis) listed in the module docstring."""
+        cfg = self.cfg
+        eta = scatterer.raster(cfg.n, cfg.box, cfg.family.supersample)
+        farfield = self.solver.far_field(eta).T
+        measure = measure_from_far_field(farfield)
+        return {
+            "measure": measure.real.astype(np.float32),
+            "measure_imag": measure.imag.astype(np.float32),
+            "coe": scatterer.polar(cfg.Na, cfg.Nr, cfg.polar_radius * cfg.box).astype(np.float32),
+            "eta": eta.astype(np.float32),
+            "farfield": farfield.astype(np.complex64),
+            "family": np.int32(FAMILY_IDS[scatterer.family]),
+            "num_primitives": np.int32(len(scatterer.primitives)),
+            "primitives": scatterer.padded(self.max_primitives, self.columns),
+            "iterations": np.int32(self.solver.last_iterations.max(initial=0)),
+        }
+
+    def __call__(self, index: int) -> dict[str, np.ndarray]:
+        try:
+            return self.arrays(self.scatterer(index))
+        except ConvergenceError as exc:
+            raise ConvergenceError(f"sample {index}: {exc}; raise solver.max_iterations or lower the contrast") \
+                from None

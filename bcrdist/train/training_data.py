@@ -1,0 +1,177 @@
+"""The training run's view of a sharded data set: readers per split, normalisation statistics, batches
+on the training device.
+
+Splits come from the data set's split files (`bcrdist split`), or, with `data.percent`, from the
+original rule computed in memory (train = first int(N·percent), test = the next min(max(n_train, 5000),
+N − n_train); validation = the first n_valid test samples, as the original selected on the test set).
+Model selection uses at most `data.n_valid` samples: the first ones of the validation split; the
+fine-tuning "train" slot uses as many of the first training samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from bcrdist.data.format import read_manifest
+from bcrdist.data.preprocess import Preprocess, Preprocessor
+from bcrdist.data.dataset import ShardedDataset
+from bcrdist.data.splits import load_split, make_splits, split_path
+from bcrdist.distributed import DistContext
+from bcrdist.errors import ConfigError, DataError
+
+STATS_SAMPLES = 4096
+EVAL_BATCH = 64
+
+
+class TrainingData:
+    """Readers for one rank; see the module docstring."""
+
+    def __init__(self, cfg, ctx: DistContext):
+        self.cfg, self.ctx = cfg, ctx
+        d = cfg.data
+        self.manifest = read_manifest(d.path)
+        self.splits = self._resolve_splits()
+        imag = "measure_imag" if d.use_imag else None
+        if imag and imag not in self.manifest.datasets:
+            raise DataError(f"{self.manifest.path}: data.use_imag is true but the data set has no 'measure_imag'")
+        common = dict(input="measure", target="coe", input_imag=imag, antipodal=d.antipodal,
+                      normalize_target=d.normalize_output, noise=d.noise)
+        self.train_spec = Preprocess(**common, noise_fixed=not d.noise_per_epoch)
+        self.eval_spec = Preprocess(**common, noise_fixed=True)
+        self._train_readers: dict[int, ShardedDataset] = {}
+        self._eval_readers: dict[tuple, ShardedDataset] = {}
+        for name in ("measure", "coe"):
+            if name not in self.manifest.datasets or len(self.manifest.datasets[name].shape) != 2:
+                raise DataError(f"{self.manifest.path}: expected a dataset {name!r} with per-sample shape "
+                                f"(angles, offsets/radii)")
+        ns, nd = self.manifest.datasets["measure"].shape
+        self.input_shape = (ns, 2 * nd if imag else nd)
+        self.target_shape = self.manifest.datasets["coe"].shape
+        self.target_scale = Preprocessor(self.train_spec, self.manifest).target_scale
+
+    def _resolve_splits(self) -> dict[str, np.ndarray]:
+        d = self.cfg.data
+        if d.percent is not None:
+            parts = make_splits(self.manifest.num_samples, d.percent)
+            return {"train": parts["train"], "val": parts["test"][:d.n_valid], "test": parts["test"]}
+        splits = {}
+        for role, name in (("train", d.train_split), ("val", d.val_split), ("test", d.test_split)):
+            if name == "all":
+                splits[role] = np.arange(self.manifest.num_samples, dtype=np.int64)
+            elif split_path(self.manifest, name).is_file():
+                splits[role] = load_split(self.manifest, name)
+            elif role == "train":
+                raise DataError(f"{split_path(self.manifest, name)}: training split not found; make splits with "
+                                f"`bcrdist split {self.manifest.root}` or set data.percent")
+        if "val" not in splits:
+            raise DataError(f"{split_path(self.manifest, d.val_split)}: validation split not found; make one "
+                            f"with `bcrdist split {self.manifest.root} --val N` or set data.percent")
+        return splits
+
+    @property
+    def n_train(self) -> int:
+        return len(self.splits["train"])
+
+    @property
+    def n_val(self) -> int:
+        return min(len(self.splits["val"]), self.cfg.data.n_valid)
+
+    def has_split(self, name: str) -> bool:
+        return name in self.splits
+
+    # ------------------------------------------------------------------ readers
+    def _train_reader(self, per_rank_batch: int) -> ShardedDataset:
+        if per_rank_batch not in self._train_readers:
+            try:
+                self._train_readers[per_rank_batch] = ShardedDataset(
+                    self.cfg.data.path, split=self.splits["train"], rank=self.ctx.rank,
+                    world_size=self.ctx.world_size, seed=self.cfg.seed, shuffle=True, drop_last=True,
+                    batch_size=per_rank_batch, preprocess=self.train_spec, preload=self.cfg.data.preload)
+            except ConfigError as exc:
+                raise ConfigError(f"schedule.batch_size: {exc}") from None
+        return self._train_readers[per_rank_batch]
+
+    def _eval_reader(self, split: str, batch: int, limit: int | None) -> ShardedDataset:
+        key = (split, batch, limit)
+        if key not in self._eval_readers:
+            indices = self.splits[split] if limit is None else self.splits[split][:limit]
+            self._eval_readers[key] = ShardedDataset(
+                self.cfg.data.path, split=indices, rank=self.ctx.rank, world_size=self.ctx.world_size,
+                seed=self.cfg.seed, shuffle=False, exact=True, batch_size=batch, preprocess=self.eval_spec,
+                preload=self.cfg.data.preload)
+        return self._eval_readers[key]
+
+    def _to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = self.ctx.device
+        return (batch["input"].to(dev, non_blocking=True), batch["target"].to(dev, non_blocking=True))
+
+    # ------------------------------------------------------------------ batches
+    def train_batches(self, epoch: int, per_rank_batch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's training batches of `epoch`, after the first `skip` (for mid-epoch resume)."""
+        reader = self._train_reader(per_rank_batch)
+        reader.set_epoch(epoch)
+        if skip:
+            reader.load_state_dict({**reader.state_dict(), "epoch": epoch, "batch": skip})
+        loader = reader.loader(num_workers=self.cfg.data.num_workers, pin_memory=self.ctx.device.type == "cuda")
+        for batch in loader:
+            yield self._to_device(batch)
+
+    def train_steps(self, per_rank_batch: int) -> int:
+        """Batches per epoch on every rank."""
+        return self._train_reader(per_rank_batch).num_batches
+
+    def eval_batches(self, split: str, limit: int | None | str = "n_valid") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's exact part of an evaluation split ('val', 'test', or 'train_subset')."""
+        source = "train" if split == "train_subset" else split
+        n = self.cfg.data.n_valid if limit == "n_valid" else limit
+        reader = self._eval_reader(source, EVAL_BATCH, n)
+        for batch in reader:
+            yield self._to_device(batch)
+
+    # ------------------------------------------------------------------ normalisation
+    def normalization(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """(shift, scale) per input channel (Nd',) and the output scale, identical on every rank.
+
+        Input statistics come from the first STATS_SAMPLES training samples (noise-free order of the split);
+        scale = RMS per channel (or standard deviation when `input_shift`); all ones/zeros when
+        `normalize_input` is off.
+        """
+        nd = self.input_shape[-1]
+        if not self.cfg.data.normalize_input:
+            return np.zeros(nd, np.float32), np.ones(nd, np.float32), self.target_scale
+        reader = ShardedDataset(self.cfg.data.path, split=self.splits["train"][:STATS_SAMPLES], shuffle=False,
+                                exact=True, batch_size=256,
+                                preprocess=Preprocess(input="measure", target=None,
+                                                      input_imag=self.train_spec.input_imag,
+                                                      antipodal=self.cfg.data.antipodal))
+        total = np.zeros(nd)
+        total_sq = np.zeros(nd)
+        count = 0
+        for batch in reader:
+            x = batch["input"].double().numpy().reshape(-1, nd)
+            if not np.isfinite(x).all():
+                raise DataError(f"{self.manifest.root}: non-finite values in 'measure' of training samples "
+                                f"{batch['index'][0].item()}…{batch['index'][-1].item()}")
+            total += x.sum(axis=0)
+            total_sq += (x * x).sum(axis=0)
+            count += x.shape[0]
+        mean = total / count
+        if self.cfg.data.input_shift:
+            shift, scale = mean, np.sqrt(np.maximum(total_sq / count - mean * mean, 0))
+        else:
+            shift, scale = np.zeros(nd), np.sqrt(total_sq / count)
+        scale = np.where(scale > 0, scale, 1.0)
+        return shift.astype(np.float32), scale.astype(np.float32), self.target_scale
+
+    def state_dict(self) -> dict:
+        reader = next(iter(self._train_readers.values()), None)
+        return {} if reader is None else {k: v for k, v in reader.state_dict().items()
+                                          if k in ("dataset_id", "num_samples", "seed", "block_size")}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state and state.get("dataset_id") not in (None, self.manifest.dataset_id):
+            raise DataError(f"{self.manifest.root}: the checkpoint was trained on data set {state['dataset_id']}, "
+                            f"this is {self.manifest.dataset_id}")
