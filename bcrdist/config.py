@@ -1,13 +1,19 @@
 """Typed configuration: YAML files loaded into (nested) dataclasses, validated on load.
 
 Every config section is a dataclass; `load_config(path, cls, overrides)` reads the YAML, applies
-`key.sub=value` overrides (values parsed as YAML scalars), rejects unknown keys and wrong types with a
-`ConfigError` naming the file and the dotted key, and returns the dataclass instance.
+`key.sub=value` overrides (values parsed as YAML scalars), rejects unknown keys (with the closest known key as
+a suggestion) and wrong types with a `ConfigError` naming the file and the dotted key, and returns the
+dataclass instance.
+
+Each field is declared with `setting(default, help=...)` (or `section(Cls, help=...)` for a nested section):
+the one-line meaning lives there once, and `config_keys(cls)` lists every key with its type, default and
+meaning for `bcrdist config keys` and for the tables of docs/configuration.md (`bcrdist.config_reference`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 import typing
@@ -37,6 +43,113 @@ _Loader.add_implicit_resolver(
 
 def parse_yaml(text: str):
     return yaml.load(text, Loader=_Loader)
+
+
+def setting(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A config field with its one-line meaning: `epochs: int = setting(40, help="...")`."""
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={"help": help})
+
+
+def section(cls: type, *, help: str) -> Any:
+    """A nested config section (the dataclass `cls` with its own defaults) with its one-line meaning."""
+    return dataclasses.field(default_factory=cls, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """One config key: its dotted name, type and default as a YAML file writes them, and its meaning."""
+
+    name: str
+    type: str
+    default: str
+    help: str
+    is_section: bool = False
+
+
+def _walk(cls: type, where: str = ""):
+    """(dotted name, field, annotation) of every field of `cls`, a section before its own fields."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        name = f"{where}{f.name}"
+        yield name, f, hints[f.name]
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _walk(hints[f.name], f"{name}.")
+
+
+def type_text(tp: Any) -> str:
+    """An annotation as a YAML user reads it: `int or null`, `{nadam, adamw}`, `[float, float]`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else type_text(a) for a in args)
+    if origin is typing.Literal:
+        return "{" + ", ".join(str(a) for a in args) + "}"
+    if dataclasses.is_dataclass(tp):
+        return "section"
+    if origin in (list, tuple):
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return "[" + ", ".join(type_text(a) for a in args) + "]"
+        return f"list of {type_text(args[0]) if args else 'any'}"
+    if origin is dict or tp is dict:
+        return "mapping"
+    if tp is Any:
+        return "any"
+    return _type_name(tp)
+
+
+def value_text(value: Any) -> str:
+    """A default as YAML writes it: `null`, `true`, `[1.0, 1.0]`, `0.001`."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(value_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {value_text(v)}" for k, v in value.items()) + "}"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def config_keys(cls: type, prefix: str = "") -> list[Key]:
+    """Every key of the config dataclass `cls` in declaration order, each section before its keys; with
+    `prefix` only the keys that start with it (`schedule`, `schedule.ep`). A field declared without a meaning
+    (`setting(..., help=...)`) is a TypeError: every key is documented."""
+    keys = []
+    for name, f, tp in _walk(cls):
+        if not name.startswith(prefix):
+            continue
+        meaning = f.metadata.get("help", "")
+        if not meaning.strip() or "\n" in meaning:
+            raise TypeError(f"config key '{name}' ({cls.__name__}): declare it with setting(..., help='one line')")
+        if dataclasses.is_dataclass(tp):
+            keys.append(Key(name, "section", "", meaning, is_section=True))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = value_text(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = value_text(f.default_factory())
+        else:
+            default = "required"
+        keys.append(Key(name, type_text(tp), default, meaning))
+    return keys
+
+
+def closest_key(cls: type, name: str) -> str | None:
+    """The key of `cls` a misspelt or misplaced dotted `name` most likely meant: the key with the same last
+    part ('epochs' → 'schedule.epochs'), else the closest dotted key, else the key with the closest last
+    part (difflib's similarity ≥ 0.6)."""
+    keys = [k for k, _, _ in _walk(cls)]
+    leaf = name.rpartition(".")[2]
+    same_leaf = [k for k in keys if k.rpartition(".")[2] == leaf]
+    if same_leaf:
+        return same_leaf[0]
+    close = difflib.get_close_matches(name, keys, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    leaves: dict[str, str] = {}
+    for k in keys:
+        leaves.setdefault(k.rpartition(".")[2], k)
+    close = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)
+    return leaves[close[0]] if close else None
 
 
 def _type_name(tp: Any) -> str:
@@ -114,17 +227,24 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     """Build dataclass `cls` from a mapping, rejecting unknown keys; `where` is the dotted section name."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    section = f"{where}." if where else ""
+    parent = f"{where}." if where else ""
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown key '{section}{unknown[0]}' (known keys: {', '.join(sorted(fields))})")
+        name, value = unknown[0], data[unknown[0]]
+        dotted = name
+        while isinstance(value, dict) and value:    # {'schedul': {'epochs': 3}} → 'schedul.epochs'
+            sub = next(iter(value))
+            dotted, value = f"{dotted}.{sub}", value[sub]
+        guess = closest_key(cls, dotted)
+        hint = f"did you mean '{parent}{guess}'? " if guess else ""
+        raise ConfigError(f"unknown key '{parent}{name}' ({hint}known keys: {', '.join(sorted(fields))})")
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(value, hints[name], f"{section}{name}")
+        kwargs[name] = _coerce(value, hints[name], f"{parent}{name}")
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
-        raise ConfigError(f"missing required key '{section}{missing[0]}'")
+        raise ConfigError(f"missing required key '{parent}{missing[0]}'")
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if validate is not None:

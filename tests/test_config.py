@@ -315,3 +315,48 @@ def test_validate_directly():
     DataConfig(noise=0).validate()
     ModelConfig(w_comp=3).validate()
     ScheduleConfig(test_weight=0).validate()
+
+
+# ------------------------------------------------------------------------------------ did you mean
+@pytest.mark.parametrize("text, unknown, meant", [
+    ("epochs: 5\n", "'epochs'", "'schedule.epochs'"),                  # misplaced: a key of a section
+    ("schedule:\n  patiense: 3\n", "'schedule.patiense'", "'schedule.patience'"),   # misspelt
+    ("schedul:\n  epochs: 3\n", "'schedul'", "'schedule.epochs'"),     # misspelt section
+    ("model: {alfa: 8}\n", "'model.alfa'", "'model.alpha'"),
+    ("lr: 0.1\n", "'lr'", "'optim.lr'"),
+])
+def test_unknown_key_suggests_the_closest_known_key(tmp_path, text, unknown, meant):
+    msg = config_error(load_config, write(tmp_path, text), TrainConfig)
+    assert f"unknown key {unknown}" in msg and f"did you mean {meant}?" in msg, msg
+
+
+def test_unknown_override_suggests_the_closest_known_key():
+    msg = config_error(load_config, None, TrainConfig, ["schedule.epoch=3"])
+    assert "unknown key 'schedule.epoch'" in msg and "did you mean 'schedule.epochs'?" in msg, msg
+    msg = config_error(load_config, None, TrainConfig, ["epochs=3"])
+    assert "did you mean 'schedule.epochs'?" in msg, msg
+
+
+def test_unknown_key_without_a_close_one_gets_no_suggestion():
+    msg = config_error(load_config, None, TrainConfig, ["zzzzqqqq=1"])
+    assert "unknown key 'zzzzqqqq'" in msg and "did you mean" not in msg and "known keys" in msg, msg
+
+
+# ------------------------------------------------------------------------------ bcrdist train --print
+def test_train_print_shows_the_resolved_value_and_does_not_train(tmp_path, capsys):
+    from bcrdist.cli import main
+
+    path = write(tmp_path, f"run_dir: {tmp_path / 'run'}\nschedule: {{epochs: 7}}\n")
+    assert main(["train", "--config", str(path), "--set", "schedule.patience=4", "--epoch", "9",
+                 "--print", "schedule.patience"]) == 0
+    assert capsys.readouterr().out.strip() == "4"
+    assert main(["train", "--config", str(path), "--epoch", "9", "--print", "schedule.epochs"]) == 0
+    assert capsys.readouterr().out.strip() == "9"            # the original flag overrides the file
+    assert main(["train", "--config", str(path), "--print", "all"]) == 0
+    everything = read_yaml(write(tmp_path, capsys.readouterr().out, "printed.yaml"))
+    assert from_dict(TrainConfig, everything) == load_config(path, TrainConfig)
+    assert main(["train", "--config", str(path), "--print", "model"]) == 0
+    assert read_yaml(write(tmp_path, capsys.readouterr().out, "model.yaml")) == to_dict(ModelConfig())
+    assert main(["train", "--config", str(path), "--print", "schedule.bogus"]) == 2
+    assert "schedule.bogus" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -299,7 +299,7 @@ def test_generate_sbatch_with_two_mpi_tasks_writes_the_same_data_as_one_process(
 
 
 def test_shard_sbatch_with_two_tasks_writes_the_same_shards_as_one_process(jobs, tmp_path):
-    from test_data_tools import make_fan_file
+    from bcrdist.data.synthetic import make_fan_file
 
     make_fan_file(tmp_path / "src.h5", 100)
     job = jobs.sbatch("--ntasks=2", "slurm/shard.sbatch", str(tmp_path / "src.h5"), str(tmp_path / "srun"),

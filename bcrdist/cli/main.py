@@ -4,12 +4,14 @@ Each entry of `SUBCOMMANDS` names the module that provides `add_<name>_arguments
 `run_<name>(args) -> int` (name with `-` written `_`).
 Modules are imported only when their subcommand runs, so `bcrdist --help` stays fast. User errors
 (`BcrdistError`, `ValueError`, missing files) print one line and exit with status 2; set
-BCRDIST_TRACEBACK=1 to see the traceback instead.
+BCRDIST_TRACEBACK=1 to see the traceback instead. A misspelt command or flag gets the closest one as a
+suggestion, a bare `key=value` the hint to write `--set key=value`.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import sys
@@ -30,13 +32,59 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "split": ("bcrdist.cli.data", "write train/val/test split files for a sharded data set"),
     "stats": ("bcrdist.cli.data", "compute per-field min/max/mean/std and store them in the manifest"),
     "baseline": ("bcrdist.cli.baseline", "Tikhonov-regularised Born inversion baseline on a split"),
+    "config": ("bcrdist.cli.config", "list the config keys (type, default, meaning); write the reference tables"),
 }
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse that says what an unrecognised argument probably meant: the closest option string
+    (`--epochs` → '--epoch'), or `--set key=value` for a Hydra-style bare `key=value`."""
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}{self._hints(extras)}")
+        return parsed
+
+    def _check_value(self, action, value):
+        """An invalid choice names the closest valid one (Python < 3.14 argparse only lists them)."""
+        if action.choices is not None and value not in action.choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in action.choices], n=1)
+            if close:
+                choices = ", ".join(map(repr, action.choices))
+                raise argparse.ArgumentError(
+                    action, f"invalid choice: {value!r} (did you mean {close[0]!r}? choose from {choices})")
+        super()._check_value(action, value)
+
+    def _option_strings(self) -> list[str]:
+        """Every option of this parser and of its subcommands' parsers."""
+        found, parsers = [], [self]
+        while parsers:
+            parser = parsers.pop()
+            for action in parser._actions:
+                found.extend(action.option_strings)
+                if isinstance(action, argparse._SubParsersAction):
+                    parsers.extend(action.choices.values())
+        return list(dict.fromkeys(found))
+
+    def _hints(self, extras: list[str]) -> str:
+        options = self._option_strings()
+        hints = []
+        for arg in extras:
+            name = arg.split("=", 1)[0]
+            if arg.startswith("-"):
+                close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+                if close:
+                    hints.append(f"'{name}': did you mean '{close[0]}'?")
+            elif "=" in arg and name.replace(".", "").replace("_", "").isalnum() and "--set" in options:
+                hints.append(f"config keys are set with --set: use --set {arg}")
+        return f" ({'; '.join(hints)})" if hints else ""
 
 
 def build_parser() -> argparse.ArgumentParser:
     from bcrdist import __version__
 
-    parser = argparse.ArgumentParser(prog="bcrdist", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="bcrdist", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"bcrdist {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in SUBCOMMANDS.items():
@@ -47,12 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    if argv and not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
+        close = difflib.get_close_matches(argv[0], list(SUBCOMMANDS), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        parser.error(f"unknown command '{argv[0]}' ({hint}commands: {', '.join(SUBCOMMANDS)})")
     if not argv or argv[0] not in SUBCOMMANDS:
         parser.parse_args(argv or ["--help"])
         return 2
     name = argv[0]
     module = importlib.import_module(SUBCOMMANDS[name][0])
-    sub = argparse.ArgumentParser(prog=f"bcrdist {name}", description=SUBCOMMANDS[name][1])
+    sub = CommandParser(prog=f"bcrdist {name}", description=SUBCOMMANDS[name][1])
     fn = name.replace("-", "_")
     getattr(module, f"add_{fn}_arguments")(sub)
     args = sub.parse_args(argv[1:])

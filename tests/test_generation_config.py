@@ -1,0 +1,33 @@
+"""The data-generation config (`bcrdist.physics.generation_config`): bad settings are one-line errors
+naming the file and key, from the loader and from `bcrdist generate`."""
+
+import pytest
+
+from bcrdist.cli import main as cli_main
+from bcrdist.config import load_config
+from bcrdist.errors import ConfigError
+from bcrdist.physics.generation_config import GenerationConfig
+from generation_helpers import TINY, write_config
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.mark.parametrize("override, key", [
+    (["colour=red"], "unknown key 'colour'"),
+    (["Na=30"], "Na: must be a positive multiple of 4"),
+    (["n=sixteen"], "n: expected an integer"),
+    (["family.name=circles"], "family.name: expected one of"),
+    (["family.gaussian.width=[0.2, 0.1]"], "width: lower bound 0.2 exceeds upper bound 0.1"),
+    (["family.gaussian.width=[0.1, 0.2]"], "gaussian.width: tail_sigmas"),
+    (["solver.tol=2"], "tol: must lie in (0, 1)"),
+])
+def test_bad_config_is_one_line_error_naming_file_and_key(tmp_path, capsys, override, key):
+    path = write_config(tmp_path / "bad.yaml", TINY)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, GenerationConfig, override)
+    assert str(path) in str(info.value) and key in str(info.value)
+    assert cli_main(["generate", "--config", str(path), "--out", str(tmp_path / "out"), "--quiet",
+                     *sum((["--set", o] for o in override), [])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and key in err and str(path) in err
+    assert not (tmp_path / "out").exists()
