@@ -6,13 +6,20 @@ Targets and predictions are (B, Nt, Nr) polar images (angle, radius).
 - `psnr`: 10·log10(pixel_max² / max(MSE, 1e-10·pixel_max²)) per sample (original pixel_max = 2 after the
   output scaling); the original minimises −PSNR.
 - `relative_l2`: unweighted ‖Ŷ − Y‖ / ‖Y‖.
+
+Model selection and the accumulators work with *selection errors*, lower is better: the relative errors as
+they are and −PSNR (`per_sample_error`). `summarize` turns their statistics into the reported metrics,
+where PSNR is in dB again and its worst value is called `min`.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 METRICS = ("weighted", "psnr", "rel_l2")
+REPORTED = ("weighted", "rel_l2", "psnr")        # the order of the metrics in results and reports
+HIGHER_IS_BETTER = frozenset({"psnr"})           # selected on the negated value
 
 
 def radial_weights(nr: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -82,3 +89,30 @@ class ErrorAccumulator:
         mean = total / n if n else float("nan")
         var = max(sq / n - mean * mean, 0.0) if n else float("nan")
         return {"mean": mean, "std": var ** 0.5, "max": mx, "count": int(n)}
+
+
+def sample_statistics(name: str, values) -> dict:
+    """{'mean', 'std', 'max', 'count'} (float64, population std) of the selection errors of metric `name`
+    given its per-sample values (N,) (PSNR in dB: negated here), the layout of `ErrorAccumulator.reduce`."""
+    e = np.asarray(values, dtype=np.float64).reshape(-1)
+    if name in HIGHER_IS_BETTER:
+        e = -e
+    if e.size == 0:
+        return {"mean": float("nan"), "std": float("nan"), "max": -float("inf"), "count": 0}
+    return {"mean": float(e.mean()), "std": float(e.std()), "max": float(e.max()), "count": int(e.size)}
+
+
+def summarize(stats: dict[str, dict]) -> dict:
+    """Statistics of selection errors {metric: {mean, std, max, count}} → the reported metrics.
+
+    The relative errors keep {mean, std, max, count}; psnr becomes {mean, std, min, count} in dB: the mean
+    and the worst value change sign (the worst −PSNR is the smallest PSNR), the spread does not. The one
+    layout of `results.json`, `bcrdist evaluate`'s metrics.json and the Born baseline.
+    """
+    out = {}
+    for name, s in stats.items():
+        if name in HIGHER_IS_BETTER:
+            out[name] = {"mean": -s["mean"], "std": s["std"], "min": -s["max"], "count": s["count"]}
+        else:
+            out[name] = {"mean": s["mean"], "std": s["std"], "max": s["max"], "count": s["count"]}
+    return out

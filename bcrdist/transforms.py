@@ -1,4 +1,5 @@
-"""The original script's data transforms (Fan's `scatteringInv.py`), as array functions.
+"""The original script's data transforms (Fan's `scatteringInv.py`), as array functions, and the one
+assembly of the network input from them (`network_input`, used by the data pipeline and by inference).
 
 All functions accept NumPy arrays or torch tensors and act on the trailing axes, so they work on one
 sample `(Ns, Nd)` or a batch `(N, Ns, Nd)`.
@@ -28,6 +29,26 @@ def antipodal(measure):
         rolled = np.roll(measure, -ns // 2, axis=-2)
         both = np.concatenate([measure, rolled], axis=-1)
     return both[..., nd // 2: 3 * nd // 2]
+
+
+def network_input(measure, measure_imag=None, *, apply_antipodal: bool = False):
+    """The network input of the recipe: `measure` (..., Ns, Nd) [and `measure_imag`, same shape] →
+    (..., Ns, Nd), or (..., Ns, 2·Nd) with `measure_imag` concatenated after `measure` along the detector
+    axis; with `apply_antipodal` each part goes through `antipodal` first. NumPy arrays or torch tensors."""
+    parts = [measure] if measure_imag is None else [measure, measure_imag]
+    if apply_antipodal:
+        parts = [antipodal(p) for p in parts]
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(measure, torch.Tensor):
+        return torch.cat(parts, dim=-1)
+    return np.concatenate(parts, axis=-1)
+
+
+def network_input_shape(measure_shape, use_imag: bool) -> tuple[int, int]:
+    """(Ns, Nd) per-sample `measure` shape → the network input shape (Ns, Nd) or (Ns, 2·Nd)."""
+    ns, nd = measure_shape
+    return (int(ns), 2 * int(nd) if use_imag else int(nd))
 
 
 def inverse_antipodal(x):

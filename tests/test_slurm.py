@@ -139,7 +139,8 @@ def data(tmp_path_factory) -> Path:
 def test_sbatch_on_two_nodes_matches_local_torchrun(jobs, data, tmp_path):
     sched = {"max_steps": 12, "pretrain_stages": [[1, 1.0]], "finetune": False}
     cfg = write_config(tmp_path / "slurm.yaml", data, tmp_path / "slurm", schedule=sched)
-    job = jobs.sbatch("--nodes=2", "--ntasks-per-node=1", "slurm/train.sbatch", str(cfg))
+    job = jobs.sbatch("--nodes=2", "--ntasks-per-node=1", "--export=ALL,BCRDIST_SETUP=echo site-setup-ran",
+                      "slurm/train.sbatch", str(cfg))
     log = tmp_path / "slurm" / f"slurm-{job}.out"
     # the variant: one torchrun agent per node (c10d rendezvous on n1), one worker each
     cfg_tr = write_config(tmp_path / "tr.yaml", data, tmp_path / "torchrun", schedule=sched)
@@ -152,6 +153,7 @@ def test_sbatch_on_two_nodes_matches_local_torchrun(jobs, data, tmp_path):
     jobs.wait_ok(job)
     jobs.wait_ok(job_tr)
 
+    assert "site-setup-ran" in (tmp_path / f"sbatch-{job}.out").read_text()     # BCRDIST_SETUP ran first
     text = log.read_text()
     assert f"job {job} (restart 0) on n[1-2]: 2 task(s)" in text
     assert "task 0/2 on n1" in text and "task 1/2 on n2" in text      # one rank on each node
@@ -171,7 +173,7 @@ def signal_mid_run_and_check_requeue(jobs, job: str, last: Path, step: int = 20)
     """Wait until `last` is at `step` or later, send USR2 to the job's tasks (what `#SBATCH --signal=USR2@120`
     does before the time limit) and check that the job was requeued once."""
     deadline = time.time() + 120
-    while not (last.is_file() and load_checkpoint(last)["position"]["step"] >= step):
+    while not (last.is_file() and load_checkpoint(last)["progress"]["step"] >= step):
         assert time.time() < deadline and jobs.state(job) in ("PENDING", "RUNNING", "CONFIGURING"), \
             f"job {job} did not reach step {step}: {job_info(job)}"
         time.sleep(0.2)
@@ -188,7 +190,7 @@ def test_usr2_saves_requeues_and_resumes_to_the_uninterrupted_result(jobs, data,
     jobs.track(job, log)
     last = tmp_path / "slurm/checkpoints/last.pt"
     signal_mid_run_and_check_requeue(jobs, job, last)
-    signalled_at = load_checkpoint(last)["position"]["step"]
+    signalled_at = load_checkpoint(last)["progress"]["step"]
     assert 20 <= signalled_at < 300, f"last.pt at step {signalled_at}: the run was not signalled mid-way"
     jobs.release(job)
 
@@ -231,8 +233,12 @@ def submit(jobs: Jobs, *args: str, timeout: float = 240) -> str:
 def test_bcrdist_submit_two_nodes_and_a_sweep_as_job_array(jobs, data, tmp_path):
     sched = {"max_steps": 12, "pretrain_stages": [[1, 1.0]], "finetune": False}
     cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "sub", schedule=sched)
-    text = submit(jobs, "--config", str(cfg), "--nodes", "2", "--time", "20")
+    text = submit(jobs, "--config", str(cfg), "--nodes", "2", "--time", "20", "--setup", "echo bcrdist-setup-ran",
+                  "--sbatch", "comment=bcrdist-submit-test")
     assert re.search(r"^job \d+: run .*/sub, logs .*/sub/submitit/\d+_0_log.out$", text, flags=re.M), text
+    first = re.search(r"^job (\d+): run", text, flags=re.M).group(1)
+    assert "bcrdist-setup-ran" in (tmp_path / f"sub/submitit/{first}_0_log.out").read_text()   # --setup ran
+    assert job_info(first).get("Comment") == "bcrdist-submit-test"                            # --sbatch reached Slurm
     assert "finished: reached schedule.max_steps = 12" in text
     assert "2 rank(s) via torchrun" in (tmp_path / "sub/train.log").read_text()    # submitit's rank variables
     assert load_checkpoint(tmp_path / "sub/checkpoints/last.pt")["world_size"] == 2
@@ -270,7 +276,7 @@ def test_bcrdist_submit_preempted_job_is_requeued_by_submitit_and_resumes(jobs, 
     rank0 = (tmp_path / f"run/submitit/{job}_0_log.out").read_text()      # submitit's own log lines
     assert "Caught signal SIGUSR2" in rank0 and "this job is preempted" in rank0, rank0
     assert f"Requeued job {job}" in rank0, rank0
-    assert load_checkpoint(last)["position"]["step"] == 300
+    assert load_checkpoint(last)["progress"]["step"] == 300
 
 
 def test_generate_sbatch_with_two_mpi_tasks_writes_the_same_data_as_one_process(jobs, tmp_path):

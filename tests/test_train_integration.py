@@ -51,6 +51,10 @@ def test_single_process_run_produces_every_artefact(data, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     assert metrics["weighted"]["count"] == 60
     assert abs(metrics["weighted"]["mean"] - results["errors"]["test"]["weighted"]["mean"]) < 1e-6
+    # one summary layout: the worst PSNR is `min` in results.json and in metrics.json alike
+    assert set(results["errors"]["test"]["psnr"]) == set(metrics["psnr"]) == {"mean", "std", "min", "count"}
+    for key in ("mean", "min"):
+        assert abs(metrics["psnr"][key] - results["errors"]["test"]["psnr"][key]) < 1e-4
     for name in ("samples.png", "error_histogram.png", "training_curves.png", "predictions.h5"):
         assert (out / name).is_file(), name
     with h5py.File(out / "predictions.h5") as f:
@@ -101,12 +105,12 @@ def test_sigkill_and_resume_auto_equals_uninterrupted(data, tmp_path):
     last = tmp_path / "part/checkpoints/last.pt"
     deadline = time.time() + 120
     while time.time() < deadline:
-        if last.is_file() and load_checkpoint(last)["position"]["step"] >= 8:
+        if last.is_file() and load_checkpoint(last)["progress"]["step"] >= 8:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = load_checkpoint(last)["position"]
+    killed_at = load_checkpoint(last)["progress"]
     assert killed_at["step"] < 60, "the run finished before it was killed"
     run_bcrdist("train", "--config", str(part), "--resume", "auto")
     assert "resumed from" in (tmp_path / "part/train.log").read_text()

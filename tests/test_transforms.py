@@ -1,6 +1,6 @@
-"""The network-input assembly (`bcrdist.transforms.network_input`): one text for training batches
-(`data/preprocess.Preprocessor`) and inference (`ScatteringModel.preprocess`). The original's transforms
-themselves are tested in test_keras_import.py."""
+"""The original script's data transforms (`bcrdist.transforms`, reference §5.3, §5.4) and the network-input
+assembly (`bcrdist.transforms.network_input`): one text for training batches (`data/preprocess.Preprocessor`)
+and inference (`ScatteringModel.preprocess`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from bcrdist import transforms
 from bcrdist.data.format import read_manifest
 from bcrdist.data.preprocess import Preprocess, Preprocessor
 from bcrdist.models.scattering import ScatteringModel
@@ -15,22 +16,114 @@ from bcrdist.transforms import network_input, network_input_shape
 from train_helpers import make_dataset
 
 
-def antipodal_loop(m: np.ndarray) -> np.ndarray:
-    """The original's pairing, entry by entry: columns j < Nd/2 hold m[s, Nd/2 + j], the others
-    m[s + Ns/2 mod Ns, j − Nd/2]."""
-    ns, nd = m.shape[-2:]
-    out = np.empty_like(m)
+def antipodal_loop(measure: np.ndarray) -> np.ndarray:
+    """§5.3 by the letter: tmp2[s] = tmp[s + Ns/2 mod Ns]; concat [tmp, tmp2] along the detector axis
+    (width 2·Nd); keep columns [Nd/2, 3Nd/2)."""
+    ns, nd = measure.shape
+    both = np.empty((ns, 2 * nd), dtype=measure.dtype)
     for s in range(ns):
         for j in range(nd):
-            out[..., s, j] = m[..., s, nd // 2 + j] if j < nd // 2 else m[..., (s + ns // 2) % ns, j - nd // 2]
+            both[s, j] = measure[s, j]
+            both[s, nd + j] = measure[(s + ns // 2) % ns, j]
+    out = np.empty_like(measure)
+    for s in range(ns):
+        for j in range(nd):
+            out[s, j] = both[s, nd // 2 + j]
     return out
+
+
+@pytest.mark.parametrize("ns,nd", [(8, 6), (16, 4), (10, 10), (2, 2)])
+def test_antipodal_matches_loop(ns, nd):
+    x = np.random.default_rng(ns * nd).standard_normal((ns, nd))
+    np.testing.assert_array_equal(transforms.antipodal(x), antipodal_loop(x))
+    # element formula of §5.3
+    y = transforms.antipodal(x)
+    for s in range(ns):
+        for j in range(nd):
+            src = x[s, nd // 2 + j] if j < nd // 2 else x[(s + ns // 2) % ns, j - nd // 2]
+            assert y[s, j] == src
+
+
+def test_antipodal_batches_and_tensors():
+    x = np.random.default_rng(1).standard_normal((3, 12, 8))
+    y = transforms.antipodal(x)
+    for i in range(3):
+        np.testing.assert_array_equal(y[i], antipodal_loop(x[i]))
+    yt = transforms.antipodal(torch.from_numpy(x))
+    assert isinstance(yt, torch.Tensor)
+    np.testing.assert_array_equal(yt.numpy(), y)
+
+
+def test_antipodal_is_a_bijection():
+    x = np.arange(12 * 8, dtype=np.float64).reshape(12, 8)
+    y = transforms.antipodal(x)
+    assert y.shape == x.shape
+    np.testing.assert_array_equal(np.sort(y.ravel()), x.ravel())
+    np.testing.assert_array_equal(transforms.inverse_antipodal(y), x)
+    t = torch.from_numpy(x)
+    assert torch.equal(transforms.inverse_antipodal(transforms.antipodal(t)), t)
+
+
+def test_antipodal_commutes_with_row_shifts():
+    x = np.random.default_rng(2).standard_normal((2, 16, 6))
+    for k in range(-3, 17):
+        np.testing.assert_array_equal(transforms.antipodal(np.roll(x, k, axis=-2)),
+                                      np.roll(transforms.antipodal(x), k, axis=-2))
+
+
+def test_antipodal_refuses_odd_sizes():
+    with pytest.raises(ValueError):
+        transforms.antipodal(np.zeros((7, 4)))
+    with pytest.raises(ValueError):
+        transforms.antipodal(np.zeros((8, 5)))
+
+
+def test_output_scale_divides_by_half_range_without_shift():
+    y = np.random.default_rng(3).uniform(-1526.33, 0.0, size=(50, 8, 8))
+    y[0, 0, 0], y[0, 0, 1] = -1526.33, 0.0
+    scale = transforms.output_scale(y.min(), y.max())
+    assert scale == pytest.approx(0.5 * 1526.33)
+    scaled = y / scale
+    assert scaled.max() - scaled.min() == pytest.approx(2.0)
+    assert scaled.max() == pytest.approx(0.0) and scaled.min() == pytest.approx(-2.0)   # no shift
+    assert transforms.output_scale(0.0, 0.8) == pytest.approx(0.4)
+    for lo, hi in ((1.0, 1.0), (2.0, 1.0), (0.0, float("inf"))):
+        with pytest.raises(ValueError):
+            transforms.output_scale(lo, hi)
+
+
+def test_multiplicative_noise_numpy_seeded():
+    x = np.random.default_rng(4).uniform(0.5, 2.0, size=(200, 50))
+    a = transforms.multiplicative_noise(x, 10, np.random.default_rng(7))
+    b = transforms.multiplicative_noise(x, 10, np.random.default_rng(7))
+    c = transforms.multiplicative_noise(x, 10, np.random.default_rng(8))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    eps = (a / x - 1) / 0.10                      # X·(1 + σε) → ε ~ N(0, 1)
+    assert abs(eps.mean()) < 0.05 and abs(eps.std() - 1) < 0.05
+    np.testing.assert_allclose(eps, np.random.default_rng(7).standard_normal(x.shape), rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(transforms.multiplicative_noise(x, 0, np.random.default_rng(7)), x)
+
+
+def test_multiplicative_noise_torch_seeded():
+    x = torch.rand(100, 40, dtype=torch.float64) + 0.5
+    a = transforms.multiplicative_noise(x, 5, torch.Generator().manual_seed(3))
+    b = transforms.multiplicative_noise(x, 5, torch.Generator().manual_seed(3))
+    c = transforms.multiplicative_noise(x, 5, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    eps = (a / x - 1) / 0.05
+    assert abs(eps.mean().item()) < 0.05 and abs(eps.std().item() - 1) < 0.05
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the network input
 
 
 @pytest.mark.parametrize("apply_antipodal", [False, True])
 def test_network_input_numpy_and_torch(apply_antipodal):
     rng = np.random.default_rng(0)
     m, mi = rng.standard_normal((2, 3, 8, 6))
-    ref = antipodal_loop if apply_antipodal else (lambda a: a)
+    ref = (lambda a: np.stack([antipodal_loop(s) for s in a])) if apply_antipodal else (lambda a: a)
     np.testing.assert_array_equal(network_input(m, apply_antipodal=apply_antipodal), ref(m))
     both = network_input(m, mi, apply_antipodal=apply_antipodal)
     np.testing.assert_array_equal(both, np.concatenate([ref(m), ref(mi)], axis=-1))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from bcrdist.train.evaluation import evaluate
+from bcrdist.train.evaluation import evaluate_checkpoint
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,6 +21,6 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    evaluate(args.checkpoint, args.data, args.split, args.out, args.noise, args.plots, args.batch_size,
-             args.device)
+    evaluate_checkpoint(args.checkpoint, args.data, args.split, args.out, args.noise, args.plots, args.batch_size,
+                        args.device)
     return 0

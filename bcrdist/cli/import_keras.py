@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 
-from bcrdist import __version__
-from bcrdist.models.keras import load_keras_weights
 from bcrdist.config import load_config, to_dict
 from bcrdist.errors import ConfigError
+from bcrdist.models.checkpoint import save_model
+from bcrdist.models.keras import load_keras_weights
 from bcrdist.models.scattering import ScatteringModel
-from bcrdist.models.checkpoint import atomic_save, model_state
 from bcrdist.train.config import TrainConfig
+from bcrdist.transforms import network_input_shape
 
 
 def add_import_keras_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,17 +42,14 @@ def run_import_keras(args: argparse.Namespace) -> int:
         except KeyError as exc:
             raise ConfigError(f"{manifest.path}: no dataset {exc} to size the network; pass --input-shape "
                               "and --output-shape") from None
-        if cfg.data.use_imag:
-            n_input = (n_input[0], 2 * n_input[1])
-    m = cfg.model
-    net = {"n_input": tuple(n_input), "n_output": tuple(n_output), "alpha": m.alpha, "n_cnn": m.n_cnn,
-           "n_cnn3": m.n_cnn3, "w_comp": m.w_comp, "levels": m.levels}
-    model = ScatteringModel(net, antipodal=cfg.data.antipodal, use_imag=cfg.data.use_imag)
+        n_input = network_input_shape(n_input, cfg.data.use_imag)
+    try:
+        model = ScatteringModel.from_config(cfg, n_input, n_output)
+    except ValueError as exc:
+        raise ConfigError(f"model: {exc} (input {tuple(n_input)}, output {tuple(n_output)})") from None
     load_keras_weights(model.net, args.weights)
     model.out_scale.fill_(args.output_scale)
-    atomic_save({"format": "bcrdist-checkpoint-1", "version": __version__, "model": model_state(model),
-                 "model_config": model.extra_config(), "config": to_dict(cfg),
-                 "source": f"keras:{args.weights}"}, args.out)
+    save_model(args.out, model, config=to_dict(cfg), source=f"keras:{args.weights}")
     print(f"imported {args.weights} into {args.out} "
           f"({sum(p.numel() for p in model.net.parameters()):,} parameters)")
     return 0

@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from bcrdist.transforms import antipodal, multiplicative_noise, output_scale
+from bcrdist.transforms import multiplicative_noise, network_input, output_scale
 from bcrdist.data.format import Manifest
 from bcrdist.errors import ConfigError, DataError
 
@@ -31,7 +31,8 @@ class Preprocess:
     - input (B, Ns, Nd) → batch "input" (B, Ns, Nd), or (B, Ns, 2·Nd) when `input_imag` names a second
       dataset of the same shape, concatenated after it along the last (detector) axis.
     - antipodal: the original's input transform (`bcrdist.transforms.antipodal`), applied to input and
-      input_imag separately, before the concatenation. Needs even Ns and Nd.
+      input_imag separately, before the concatenation (both by `bcrdist.transforms.network_input`, the
+      assembly inference uses too). Needs even Ns and Nd.
     - noise: multiplicative noise X·(1 + noise/100·ε), ε ~ N(0, 1) per entry, on the final input. The draw for
       a sample is seeded by (seed, epoch, global index), so it is reproducible and independent of rank,
       worker and batch composition; with noise_fixed the epoch is left out, giving one fixed draw per sample
@@ -117,12 +118,9 @@ class Preprocessor:
                  epoch: int) -> dict[str, torch.Tensor]:
         """raw: dataset → (B, …) arrays; index (B,) global indices → {"index", "input", "target", *keep}."""
         spec = self.spec
-        x = self._field(raw, self.input)
-        if spec.antipodal:
-            x = antipodal(x)
-        if self.input_imag:
-            xi = self._field(raw, self.input_imag)
-            x = np.concatenate([x, antipodal(xi) if spec.antipodal else xi], axis=-1)
+        x = network_input(self._field(raw, self.input),
+                          self._field(raw, self.input_imag) if self.input_imag else None,
+                          apply_antipodal=spec.antipodal)
         if spec.noise:
             x = np.ascontiguousarray(x)
             for row, gidx in enumerate(index.tolist()):

@@ -94,6 +94,13 @@ class BCRNet(nn.Module):
         chans = [1] + [REFINE_CHANNELS] * (n_cnn3 - 1) + [1]
         self.refine = nn.ModuleList(RefineConv2d(chans[i], chans[i + 1]) for i in range(n_cnn3))
 
+    @classmethod
+    def from_config(cls, model_cfg, n_input, n_output) -> BCRNet:
+        """BCR-Net of a training config's `model` section (alpha, n_cnn, n_cnn3, w_comp, levels) for inputs
+        (B, Ns, Nd) and outputs (B, Nt, Nr): the one place that turns the config into constructor arguments."""
+        return cls(n_input=tuple(n_input), n_output=tuple(n_output), alpha=model_cfg.alpha, n_cnn=model_cfg.n_cnn,
+                   n_cnn3=model_cfg.n_cnn3, w_comp=model_cfg.w_comp, levels=model_cfg.levels)
+
     def forward(self, x: torch.Tensor, return_aux: bool = False):
         """x (B, Ns, Nd) → η (B, Nt, Nr); with `return_aux` also the auxiliary head (B, Nt, Nr)."""
         if x.dim() != 3 or tuple(x.shape[1:]) != self.n_input:

@@ -1,13 +1,17 @@
-"""Checkpoints: written by rank 0 atomically, loaded with `torch.load(weights_only=True)`.
+"""Checkpoints: written atomically (by rank 0), loaded with `torch.load(weights_only=True)`, and the model
+checkpoint format with its one writer and reader (`save_model` / `load_model`).
 
 A trained model with its preprocessing, from a checkpoint, in two lines:
 
     model = bcrdist.load_model("runs/demo/checkpoints/best.pt")
     eta = model.predict_eta(measure)            # (B, Ns, Nd) raw measurements → (B, Nt, Nr) η
 
-
 A checkpoint is a dict of tensors and plain Python values (no pickled objects), so `weights_only=True`
 loads it. Model state dicts are stored without DDP (`module.`) or torch.compile (`_orig_mod.`) prefixes.
+A model checkpoint (`best.pt`, `bcrdist import-keras`) holds {"format": MODEL_FORMAT, "version", "model":
+weights and normalisation buffers, "model_config": `ScatteringModel.extra_config()`, and what the writer adds
+(the training config, …)}. `load_model` reads it, and any checkpoint with those two keys: the training state
+`last.pt` and the 0.1 format ("bcrdist-checkpoint-1") of both files.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bcrdist import __version__
 from bcrdist.errors import DataError
 from bcrdist.fileio import atomic_write
 from bcrdist.models.scattering import ScatteringModel
 
 _PREFIXES = ("module.", "_orig_mod.")
+MODEL_FORMAT = "bcrdist-model-2"
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -81,8 +87,17 @@ def load_model_state(model: nn.Module, state: dict) -> None:
     unwrap(model).load_state_dict(strip_prefixes(state), strict=True)
 
 
+def save_model(path: str | Path, model: nn.Module, **meta) -> Path:
+    """Write `model` (a `ScatteringModel`, possibly wrapped by DDP / torch.compile) as a model checkpoint,
+    atomically, with the plain values `meta` (e.g. config=…, source=…); call it on one rank only."""
+    inner = unwrap(model)
+    return atomic_save({"format": MODEL_FORMAT, "version": __version__, "model": model_state(inner),
+                        "model_config": inner.extra_config(), **meta}, path)
+
+
 def load_model(checkpoint, device="cpu", with_meta: bool = False):
-    """A `ScatteringModel` in eval mode with the weights and normalisation stored in `checkpoint`."""
+    """A `ScatteringModel` in eval mode with the weights and normalisation stored in `checkpoint`
+    (with `with_meta` also {"seed", "config"} of the run that wrote it)."""
     ck = load_checkpoint(checkpoint)
     if "model_config" not in ck or "model" not in ck:
         raise DataError(f"{checkpoint}: not a bcrdist model checkpoint (no model_config/model)")

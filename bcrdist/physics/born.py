@@ -109,19 +109,6 @@ def sample_errors(pred: np.ndarray, target: np.ndarray, out_scale: float = 1.0) 
             "psnr": psnr(p, t).numpy()}
 
 
-def summarize(errors: dict[str, np.ndarray]) -> dict:
-    """{'weighted': {mean, std, max, count}, 'rel_l2': …, 'psnr': {mean, std, min, count}} — the layout of
-    `bcrdist evaluate`'s metrics.json (population std)."""
-    out = {}
-    for name, e in errors.items():
-        e = np.asarray(e, dtype=np.float64)
-        if name == "psnr":
-            out[name] = {"mean": float(e.mean()), "std": float(e.std()), "count": int(e.size), "min": float(e.min())}
-        else:
-            out[name] = {"mean": float(e.mean()), "std": float(e.std()), "max": float(e.max()), "count": int(e.size)}
-    return out
-
-
 class BornInversion:
     """Tikhonov-regularised Born inversion F (B, Na, Na) → η (B, Nt = Na, Nr) on the polar grid.
 

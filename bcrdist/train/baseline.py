@@ -18,7 +18,8 @@ import numpy as np
 from bcrdist.data.dataset import ShardedDataset
 from bcrdist.data.format import read_manifest
 from bcrdist.errors import ConfigError, DataError
-from bcrdist.physics.born import BornInversion, noisy_far_field, sample_errors, summarize
+from bcrdist.metrics import sample_statistics, summarize
+from bcrdist.physics.born import BornInversion, noisy_far_field, sample_errors
 from bcrdist.transforms import output_scale
 
 REQUIRED = ("farfield", "coe")
@@ -113,6 +114,6 @@ def evaluate_born_baseline(data, split="test", val_data=None, val_split="val", n
             errors[name].append(e)
     doc["lambda"] = float(lam)
     doc["lambda_relative"] = float(lam / inv.sigma_max ** 2)
-    doc["metrics"] = summarize({name: np.concatenate(e) for name, e in errors.items()})
+    doc["metrics"] = summarize({name: sample_statistics(name, np.concatenate(e)) for name, e in errors.items()})
     doc["seconds"] = time.monotonic() - start
     return doc

@@ -11,6 +11,10 @@ by `factor` (not below min_lr), reloads the best weights and restarts the count.
 The decisions are pure functions of the state and the (already all-reduced) errors; the trainer takes
 them on rank 0 and broadcasts them, so no rank ever waits alone.
 
+The tracker's configuration (patience, thresholds, reduce-LR rules, the slot weighting of the current phase)
+comes from the run's config; its *state* (`STATE_FIELDS`: best error and parts, their epochs, history) is what
+a checkpoint keeps, so a resumed run applies the rules of its own config to the saved state.
+
 Differences from the original, each switchable with `keras_compat=True`:
 - the best error starts at +inf (original: 1, so a model worse than 1 was never saved);
 - the evaluation at a stage's start counts as that stage's start epoch (original: "epoch 0" of the
@@ -20,7 +24,11 @@ Differences from the original, each switchable with `keras_compat=True`:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+
+from bcrdist.errors import DataError
+
+STATE_FIELDS = ("best_err", "best_parts", "best_epoch", "best_epoch_update", "history")
 
 
 @dataclass
@@ -36,7 +44,8 @@ class Decision:
 
 @dataclass
 class BestModelTracker:
-    """SaveBestModel state; `epoch` arguments are 0-based global epoch indices."""
+    """SaveBestModel rules (the first eight fields) and state (`STATE_FIELDS`); `epoch` arguments are 0-based
+    global epoch indices."""
 
     patience: int = 10
     rel_threshold: float = 1e-3
@@ -64,9 +73,11 @@ class BestModelTracker:
         return (1 - self.test_weight) * a + self.test_weight * b
 
     def set_test_weight(self, w: float) -> None:
-        """Change the slot weighting (the fine-tuning phase monitors its own combination)."""
+        """Change the slot weighting (the fine-tuning phase monitors its own combination); the best error
+        becomes the new combination of the best parts (it stays +inf while there is none)."""
         self.test_weight = min(max(w, 0.0), 1.0)
-        self.best_err = self.combine(*self.best_parts)
+        if all(math.isfinite(p) for p in self.best_parts):
+            self.best_err = self.combine(*self.best_parts)
 
     def is_improvement(self, err: float) -> bool:
         if not math.isfinite(err):
@@ -81,8 +92,9 @@ class BestModelTracker:
         """A new stage begins at `start_epoch`: the patience window restarts there."""
         self.best_epoch_update = start_epoch
 
-    def evaluate(self, epoch: int, a: float, b: float, *, at_stage_start: bool = False) -> bool:
-        """Record the errors measured after `epoch` (or before it, at a stage start); True if improved."""
+    def compare_with_best(self, epoch: int, a: float, b: float, *, at_stage_start: bool = False) -> bool:
+        """Compare the errors measured after `epoch` (or before it, at a stage start) with the best model's,
+        record them in the history and, if they improve on it, make them the best; True if improved."""
         err = self.combine(a, b)
         label = epoch if at_stage_start else epoch + 1
         self.history.append([label, a, b])
@@ -93,8 +105,8 @@ class BestModelTracker:
         self.best_epoch = self.best_epoch_update = mark
         return True
 
-    def after_epoch(self, epoch: int, lr: float) -> Decision:
-        """The end-of-epoch rules (after `evaluate` for that epoch): reduce-LR, then patience."""
+    def decide(self, epoch: int, lr: float) -> Decision:
+        """The end-of-epoch rules (after `compare_with_best` for that epoch): reduce-LR, then patience."""
         d = Decision()
         waited = epoch + 1 - self.best_epoch_update
         if self.reduce_lr and waited >= self.patience_lr and lr > self.min_lr + 1e-7:
@@ -106,10 +118,17 @@ class BestModelTracker:
         return d
 
     def state_dict(self) -> dict:
-        state = asdict(self)
-        state["best_parts"] = list(self.best_parts)
-        return state
+        """The state (`STATE_FIELDS`), a snapshot of plain values; not the configuration."""
+        return {"best_err": self.best_err, "best_parts": list(self.best_parts), "best_epoch": self.best_epoch,
+                "best_epoch_update": self.best_epoch_update, "history": [list(row) for row in self.history]}
 
     def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
-            setattr(self, key, tuple(value) if key == "best_parts" else value)
+        """Continue from `state` with this tracker's own configuration."""
+        if set(state) != set(STATE_FIELDS):
+            raise DataError(f"best-model tracker state: expected the keys {', '.join(STATE_FIELDS)}, got "
+                            f"{', '.join(sorted(state))}")
+        self.best_err = state["best_err"]
+        self.best_parts = tuple(state["best_parts"])
+        self.best_epoch = state["best_epoch"]
+        self.best_epoch_update = state["best_epoch_update"]
+        self.history = [list(row) for row in state["history"]]

@@ -1,13 +1,17 @@
-"""Evaluation of a trained checkpoint on a split (`bcrdist evaluate`).
+"""Exact evaluation: the one loop that measures a model's errors on a split (`evaluate_model`: the
+trainer's per-epoch model selection and its final metrics, and `bcrdist evaluate`), and `evaluate_checkpoint`,
+the library half of `bcrdist evaluate`.
 
-Exact metrics of a trained model on a split (each sample once, also under torchrun: per-rank sums are
-all-reduced), a predictions file like the original's (`input`, `output`, `pred` for the first samples, in
-training units, plus `index` and `pred_eta` in physical units), and PNG plots: true / predicted / error
-images in polar and Cartesian views, the error histogram, and training curves from the run's metrics.jsonl.
+Every sample counts once, also under torchrun: each rank evaluates its part and the per-rank sums are
+all-reduced (`bcrdist.metrics.ErrorAccumulator`). `evaluate_checkpoint` also writes a predictions file like
+the original's (`input`, `output`, `pred` for the first samples, in training units, plus `index` and
+`pred_eta` in physical units) and PNG plots: true / predicted / error images in polar and Cartesian views,
+the error histogram, and training curves from the run's metrics.jsonl.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import h5py
@@ -18,15 +22,44 @@ from bcrdist.data.dataset import ShardedDataset
 from bcrdist.data.preprocess import Preprocess
 from bcrdist.distributed import init_distributed, shutdown_distributed
 from bcrdist.fileio import atomic_write, atomic_write_json, json_safe
-from bcrdist.metrics import ErrorAccumulator, per_sample_error
+from bcrdist.metrics import REPORTED, ErrorAccumulator, per_sample_error, summarize
 from bcrdist.models.checkpoint import load_model
 from bcrdist.train import plots
+
+@torch.no_grad()
+def evaluate_model(model, batches: Iterable[tuple], ctx, metrics=REPORTED, heads=("out",),
+                   on_batch: Callable | None = None) -> dict[str, dict[str, dict]]:
+    """Statistics of the per-sample selection errors (`per_sample_error`) of `model` over this rank's
+    `batches`, all-reduced over the ranks of `ctx`: {head: {metric: {mean, std, max, count}}}.
+
+    batches: (x (B, Ns, Nd'), y (B, Nt, Nr), *extra) on the model's device; heads: "out" (the output) and/or
+    "aux" (the auxiliary head of pre-training). `on_batch(x, y, pred, errors, *extra)` sees each batch's output
+    (B, Nt, Nr) and its errors {metric: (B,)}. The model is in eval mode meanwhile; every rank must call this.
+    """
+    was_training = model.training
+    model.eval()
+    acc = {head: {name: ErrorAccumulator() for name in metrics} for head in heads}
+    for x, y, *extra in batches:
+        if "aux" in heads:
+            out, aux = model(x, return_aux=True)
+            preds = {"out": out.float(), "aux": aux.float()}
+        else:
+            preds = {"out": model(x).float()}
+        for head in heads:
+            errors = {name: per_sample_error(name, preds[head], y) for name in metrics}
+            for name, e in errors.items():
+                acc[head][name].add(e)
+            if on_batch is not None and head == "out":
+                on_batch(x, y, preds["out"], errors, *extra)
+    model.train(was_training)
+    return {head: {name: a.reduce(ctx) for name, a in per_head.items()} for head, per_head in acc.items()}
+
 
 N_SAVED = 100
 
 
-def evaluate(checkpoint, data, split="test", out=None, noise=0.0, n_plots=4, batch_size=64,
-             device="auto") -> dict:
+def evaluate_checkpoint(checkpoint, data, split="test", out=None, noise=0.0, n_plots=4, batch_size=64,
+                        device="auto") -> dict:
     """Evaluate on every rank of the current launch; rank 0 writes the files. Returns the metrics."""
     ctx = init_distributed(device)
     try:
@@ -38,27 +71,23 @@ def evaluate(checkpoint, data, split="test", out=None, noise=0.0, n_plots=4, bat
         reader = ShardedDataset(data, split=None if split == "all" else split, rank=ctx.rank,
                                 world_size=ctx.world_size, shuffle=False, exact=True, batch_size=batch_size,
                                 preprocess=spec, seed=meta.get("seed", 0))
-        acc = {name: ErrorAccumulator() for name in ("weighted", "rel_l2", "psnr")}
-        keep = {"index": [], "input": [], "target": [], "pred": [], "error": []}
-        n_kept = 0
         scale = float(model.out_scale)
-        with torch.no_grad():
+        keep = {"index": [], "input": [], "target": [], "pred": [], "error": []}
+
+        def batches():
             for batch in reader:
-                x = batch["input"].to(ctx.device)
-                y = batch["target"].to(ctx.device) / scale          # training units, as the original's files
-                pred = model(x).float()
-                errors = {name: per_sample_error(name, pred, y) for name in acc}
-                for name, e in errors.items():
-                    acc[name].add(e)
-                if n_kept < N_SAVED:
-                    take = slice(0, N_SAVED - n_kept)
-                    for key, value in (("index", batch["index"]), ("input", x), ("target", y), ("pred", pred),
-                                       ("error", errors["weighted"])):
-                        keep[key].append(value[take].cpu().numpy())
-                    n_kept += len(keep["index"][-1])
-        metrics = {name: a.reduce(ctx) for name, a in acc.items()}
-        metrics["psnr"] = {k: (-v if k in ("mean", "max") else v) for k, v in metrics["psnr"].items()}
-        metrics["psnr"]["min"] = metrics["psnr"].pop("max")
+                # targets in training units, as the original's files
+                yield batch["input"].to(ctx.device), batch["target"].to(ctx.device) / scale, batch["index"]
+
+        def keep_first(x, y, pred, errors, index) -> None:
+            n_kept = sum(len(i) for i in keep["index"])
+            if n_kept < N_SAVED:
+                take = slice(0, N_SAVED - n_kept)
+                for key, value in (("index", index), ("input", x), ("target", y), ("pred", pred),
+                                   ("error", errors["weighted"])):
+                    keep[key].append(value[take].cpu().numpy())
+
+        metrics = summarize(evaluate_model(model, batches(), ctx, on_batch=keep_first)["out"])
         if ctx.is_main:
             out.mkdir(parents=True, exist_ok=True)
             result = {"checkpoint": str(checkpoint), "data": str(data), "split": str(split), "noise": noise,

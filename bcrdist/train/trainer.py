@@ -4,7 +4,8 @@
 `bcrdist.train.schedule` with the SaveBestModel rules of `bcrdist.train.best_model`. Every decision
 (improvement, reduce-LR, stop, NaN rollback, preemption) is taken from values that are identical on all
 ranks (all-reduced errors, or rank 0's decision broadcast), so every rank reaches every collective.
-Rank 0 alone writes files; checkpoints are atomic.
+Rank 0 alone writes files; checkpoints are atomic. The run's state is the parts registered with the
+`Checkpointer` (`bcrdist.train.state`): `last.pt` is their state, `best.pt` a model checkpoint.
 """
 
 from __future__ import annotations
@@ -25,21 +26,22 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from bcrdist import __version__
 from bcrdist.config import to_dict
-from bcrdist.fileio import atomic_write_json, json_safe
 from bcrdist.distributed import DistContext, init_distributed, shutdown_distributed
 from bcrdist.errors import BcrdistError, ConfigError
+from bcrdist.fileio import atomic_write_json, json_safe
+from bcrdist.metrics import summarize
+from bcrdist.models.checkpoint import load_checkpoint, load_model_state, remove_stale_temporaries, save_model
 from bcrdist.models.scattering import ScatteringModel
-from bcrdist.models.checkpoint import (atomic_save, load_checkpoint, load_model_state, model_state,
-                                      remove_stale_temporaries)
-from bcrdist.train.config import TrainConfig
-from bcrdist.train.training_data import TrainingData
 from bcrdist.train.best_model import BestModelTracker
-from bcrdist.train.run_log import RunLogger
-from bcrdist.metrics import ErrorAccumulator, per_sample_error
-from bcrdist.train.optim import make_optimizer, set_lr
+from bcrdist.train.config import TrainConfig
+from bcrdist.train.evaluation import evaluate_model
 from bcrdist.train.preemption import PreemptionFlag, requeue_slurm_job
+from bcrdist.train.run_log import RunLogger
 from bcrdist.train.schedule import (FINETUNE_STAGES, PRETRAIN_STAGES, Stage, build_stages,
                                     initial_value_stage)
+from bcrdist.train.state import (BestWeights, Checkpointer, ModelWeights, OptimizerHolder, ProgressCounters,
+                                 RandomState)
+from bcrdist.train.training_data import TrainingData
 
 
 class TrainingDiverged(BcrdistError):
@@ -79,13 +81,9 @@ class Trainer:
         seed_everything(cfg.seed)
 
         self.data = TrainingData(cfg, ctx)
-        ns, nd = self.data.input_shape
-        nt, nr = self.data.target_shape
-        m = cfg.model
-        net_config = {"n_input": (ns, nd), "n_output": (nt, nr), "alpha": m.alpha, "n_cnn": m.n_cnn,
-                      "n_cnn3": m.n_cnn3, "w_comp": m.w_comp, "levels": m.levels}
+        (ns, nd), (nt, nr) = self.data.input_shape, self.data.target_shape
         try:
-            self.model = ScatteringModel(net_config, antipodal=cfg.data.antipodal, use_imag=cfg.data.use_imag)
+            self.model = ScatteringModel.from_config(cfg, (ns, nd), (nt, nr))
         except ValueError as exc:
             raise ConfigError(f"model: {exc} (data {cfg.data.path}: input {ns}×{nd}, target {nt}×{nr})") from None
         shift, scale, out_scale = self.data.normalization()
@@ -105,9 +103,10 @@ class Trainer:
             self._load_initial_weights(s.initial_weights)
             self.stages = initial_value_stage(cfg.optim.lr, s.epochs, s.initial_batch_size)
             patience = max(s.epochs // 40, 40)
-            self.tracker = BestModelTracker(patience=patience, rel_threshold=s.rel_threshold, test_weight=1.0,
-                                            reduce_lr=True, patience_lr=s.patience_lr or 20,
-                                            factor=math.sqrt(0.1), min_lr=cfg.optim.lr / 100,
+            self.tracker = BestModelTracker(patience=patience, rel_threshold=s.rel_threshold,
+                                            test_weight=self.selection_weight(self.stages[0]), reduce_lr=True,
+                                            patience_lr=s.patience_lr or 20, factor=math.sqrt(0.1),
+                                            min_lr=cfg.optim.lr / 100,
                                             keras_compat=s.keras_compat)
         else:
             self.stages = build_stages(
@@ -116,7 +115,7 @@ class Trainer:
                 pretrain_stages=tuple(s.pretrain_stages or PRETRAIN_STAGES),
                 finetune_stages=tuple(s.finetune_stages or FINETUNE_STAGES))
             self.tracker = BestModelTracker(patience=s.patience, rel_threshold=s.rel_threshold,
-                                            test_weight=0.0 if s.pretrain else s.test_weight,
+                                            test_weight=self.selection_weight(self.stages[0]),
                                             reduce_lr=s.reduce_lr, patience_lr=s.patience_lr,
                                             factor=s.reduce_lr_factor, min_lr=cfg.optim.lr / 100,
                                             keras_compat=s.keras_compat)
@@ -124,12 +123,12 @@ class Trainer:
             if stage.global_batch % ctx.world_size:
                 raise ConfigError(f"schedule.batch_size: stage {stage.name} has global batch {stage.global_batch}, "
                                   f"not divisible by the world size {ctx.world_size}")
-        self.optimizer = make_optimizer(cfg, self.model.parameters(), self.stages[0].lr)
-        self.best_state = model_state(self.model)
-        self.pos = {"stage": 0, "epoch": self.stages[0].start_epoch, "batch": 0, "step": 0,
-                    "stage_started": False}
-        self.lr = self.stages[0].lr
-        self.nan_failures = 0
+        self.optim = OptimizerHolder(cfg, self.model, self.stages[0].lr)
+        self.best = BestWeights(self.model)
+        self.progress = ProgressCounters(epoch=self.stages[0].start_epoch, lr=self.stages[0].lr)
+        self.state = Checkpointer({"model": ModelWeights(self.model), "best_model": self.best,
+                                   "optimizer": self.optim, "scaler": self.scaler, "progress": self.progress,
+                                   "tracker": self.tracker, "data": self.data, "rng": RandomState()}, ctx)
         self.stop_reason = ""
         self.stop_requested = False
         self.preempt = PreemptionFlag(("USR2" if rt.requeue_signal.upper() == "USR2" else rt.requeue_signal, "TERM"))
@@ -143,81 +142,66 @@ class Trainer:
             load_model_state(self.model, load_checkpoint(path)["model"])
         self.model.to(self.ctx.device)
 
-    def checkpoint_dict(self) -> dict:
-        return {
-            "format": "bcrdist-checkpoint-1", "version": __version__,
-            "model": model_state(self.model), "model_config": self.model.extra_config(),
-            "best_model": self.best_state,
-            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-            "position": dict(self.pos), "lr": self.lr, "nan_failures": self.nan_failures,
-            "tracker": self.tracker.state_dict(), "data": self.data.state_dict(),
-            "rng": torch.get_rng_state(), "config": to_dict(self.cfg), "world_size": self.ctx.world_size,
-        }
-
     def save(self, name: str) -> None:
-        """Rank 0 writes checkpoints/NAME.pt atomically; all ranks wait for it."""
-        if self.ctx.is_main:
-            atomic_save(self.checkpoint_dict(), self.ckpt_dir / f"{name}.pt")
-        self.ctx.barrier()
+        """Rank 0 writes the training state to checkpoints/NAME.pt atomically; all ranks wait for it."""
+        self.state.save(self.ckpt_dir / f"{name}.pt", world_size=self.ctx.world_size, config=to_dict(self.cfg),
+                        model_config=self.model.extra_config())
 
     def save_best(self) -> None:
-        self.best_state = model_state(self.model)
+        """The model as it is now is the best: kept in memory and written as checkpoints/best.pt."""
+        self.best.keep()
         if self.ctx.is_main:
-            atomic_save({"format": "bcrdist-checkpoint-1", "version": __version__, "model": self.best_state,
-                         "model_config": self.model.extra_config(), "config": to_dict(self.cfg),
-                         "tracker": self.tracker.state_dict(), "position": dict(self.pos)},
-                        self.ckpt_dir / "best.pt")
-
-    def reload_best(self) -> None:
-        load_model_state(self.model, self.best_state)
+            save_model(self.ckpt_dir / "best.pt", self.model, config=to_dict(self.cfg),
+                       tracker=self.tracker.state_dict(), progress=self.progress.state_dict())
 
     def resume(self, path: Path) -> None:
-        ck = load_checkpoint(path)
+        ck = self.state.load(path)
         if ck.get("world_size") != self.ctx.world_size:
             self.log.info(f"note: {path} was written with world size {ck.get('world_size')}, "
                           f"resuming with {self.ctx.world_size}")
-        load_model_state(self.model, ck["model"])
-        self.best_state = ck["best_model"]
-        self.pos = dict(ck["position"])
-        self.lr = ck["lr"]
-        self.nan_failures = ck["nan_failures"]
-        self.tracker.load_state_dict(ck["tracker"])
-        self.optimizer = make_optimizer(self.cfg, self.model.parameters(), self.lr)
-        self.optimizer.load_state_dict(ck["optimizer"])
-        self.scaler.load_state_dict(ck["scaler"])
-        self.data.load_state_dict(ck["data"])
-        torch.set_rng_state(ck["rng"])
-        self.log.info(f"resumed from {path} at stage {self.stages[self.pos['stage']].name}, "
-                      f"epoch {self.pos['epoch']}, batch {self.pos['batch']}, step {self.pos['step']}")
+        p = self.progress
+        if p.stage < len(self.stages):
+            self.use_selection_weight(self.stages[p.stage])
+            where = f"stage {self.stages[p.stage].name}"
+        else:
+            where = "the end of the schedule"
+        self.log.info(f"resumed from {path} at {where}, epoch {p.epoch}, batch {p.batch}, step {p.step}")
 
     # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
+    def selection_weight(self, stage: Stage) -> float:
+        """The tracker's slot weight in `stage`: 0 in pre-training (the output head alone selects), the
+        config's test_weight in fine-tuning (1 in the initial-weights branch)."""
+        if self.cfg.schedule.initial_weights:
+            return 1.0
+        return 0.0 if stage.phase == "pretrain" else self.cfg.schedule.test_weight
+
+    def use_selection_weight(self, stage: Stage) -> None:
+        w = self.selection_weight(stage)
+        if w != self.tracker.test_weight:
+            self.tracker.set_test_weight(w)
+
     def evaluate(self, phase: str) -> dict:
-        """Exact errors over the validation set (and the fixed training subset when fine-tuning)."""
-        self.model.eval()
+        """Exact errors over the validation set (output and auxiliary head) and, when fine-tuning with a
+        training slot, over the fixed training subset: {"out", "aux", "train" (or None)}."""
         metric = self.cfg.schedule.metric
-        acc = {"out": ErrorAccumulator(), "aux": ErrorAccumulator(), "train": ErrorAccumulator()}
-        for x, y in self.data.eval_batches("val"):
-            out, aux = self.model(x, return_aux=True)
-            acc["out"].add(per_sample_error(metric, out.float(), y))
-            acc["aux"].add(per_sample_error(metric, aux.float(), y))
+        val = evaluate_model(self.model, self.data.eval_batches("val"), self.ctx, (metric,), heads=("out", "aux"))
+        train = None
         if phase == "finetune" and self.tracker.test_weight < 1:
-            for x, y in self.data.eval_batches("train_subset"):
-                acc["train"].add(per_sample_error(metric, self.model(x).float(), y))
-        self.model.train()
-        return {k: a.reduce(self.ctx) for k, a in acc.items()}
+            train = evaluate_model(self.model, self.data.eval_batches("train_subset"), self.ctx, (metric,))
+            train = train["out"][metric] if train["out"][metric]["count"] else None
+        return {"out": val["out"][metric], "aux": val["aux"][metric], "train": train}
 
     def judge(self, stage: Stage, errors: dict, epoch: int, at_start: bool):
-        """Feed the tracker with the slots of this phase; returns (improved, decision or None)."""
+        """Compare this phase's slots with the best model; returns (improved, decision or None)."""
         if stage.phase == "pretrain":
             a, b = errors["out"]["mean"], errors["aux"]["mean"]
         else:
-            a = errors["train"]["mean"] if errors["train"]["count"] else errors["out"]["mean"]
+            a = errors["train"]["mean"] if errors["train"] else errors["out"]["mean"]
             b = errors["out"]["mean"]
-        improved = self.tracker.evaluate(epoch, a, b, at_stage_start=at_start)
+        improved = self.tracker.compare_with_best(epoch, a, b, at_stage_start=at_start)
         if improved:
             self.save_best()
-        decision = None if at_start else self.tracker.after_epoch(epoch, self.lr)
+        decision = None if at_start else self.tracker.decide(epoch, self.progress.lr)
         return improved, decision
 
     # ------------------------------------------------------------------ training
@@ -225,6 +209,7 @@ class Trainer:
         """One optimizer step on this rank's batch; returns the global mean loss (NaN if any rank's is) and
         sets `stop_requested` when any rank received the preemption signal."""
         w_out, w_aux = self.cfg.schedule.loss_weights
+        optimizer = self.optim.optimizer
         amp = (torch.autocast(self.ctx.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext())
         with amp:
             if stage.phase == "pretrain":
@@ -237,29 +222,31 @@ class Trainer:
         both = self.ctx.all_reduce_sum(torch.stack([loss.detach().double(), loss.new_tensor(flag, dtype=torch.float64)]))
         global_loss, self.stop_requested = float(both[0]) / self.ctx.world_size, bool(both[1] > 0)
         if not math.isfinite(global_loss):
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             return global_loss
         self.scaler.scale(loss).backward()
         if self.cfg.optim.grad_clip:
-            self.scaler.unscale_(self.optimizer)
+            self.scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-        self.scaler.step(self.optimizer)
+        self.scaler.step(optimizer)
         self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         return global_loss
 
     def handle_nan(self, stage: Stage) -> None:
-        self.nan_failures += 1
+        """Roll back to the best weights with a lower lr and fresh optimizer moments, or give up."""
+        p = self.progress
+        p.nan_failures += 1
         limit = self.cfg.schedule.max_nan_failures
-        if self.nan_failures > limit:
-            raise TrainingDiverged(f"training diverged: {self.nan_failures} non-finite losses (limit "
+        if p.nan_failures > limit:
+            raise TrainingDiverged(f"training diverged: {p.nan_failures} non-finite losses (limit "
                                    f"schedule.max_nan_failures = {limit}); best weights kept in "
                                    f"{self.ckpt_dir / 'best.pt'}")
-        self.reload_best()
-        self.lr *= self.cfg.schedule.nan_lr_factor
-        self.optimizer = make_optimizer(self.cfg, self.model.parameters(), self.lr)
-        self.log.info(f"non-finite loss in {stage.name} at step {self.pos['step']}: rolled back to the best "
-                      f"weights, lr → {self.lr:.3g} ({self.nan_failures}/{limit})")
+        self.best.restore()
+        p.lr *= self.cfg.schedule.nan_lr_factor
+        self.optim.reset(p.lr)
+        self.log.info(f"non-finite loss in {stage.name} at step {p.step}: rolled back to the best "
+                      f"weights, lr → {p.lr:.3g} ({p.nan_failures}/{limit})")
 
     def run(self) -> dict:
         cfg, ctx = self.cfg, self.ctx
@@ -283,83 +270,86 @@ class Trainer:
             self.preempt.restore()
         if stopped_by == "preempted":
             return {"status": "preempted"}
-        self.reload_best()
+        self.best.restore()
         results = self.finish(time.time() - t_start)
         return results
 
+    def _start_stage(self, stage: Stage) -> None:
+        """A stage's start: optimizer moments reset at a phase change (or every stage with
+        `optim.reset_each_stage`), the phase's slot weighting, the patience window, the start evaluation."""
+        p = self.progress
+        prev = self.stages[p.stage - 1] if p.stage else None
+        if prev is not None and (prev.phase != stage.phase or self.cfg.optim.reset_each_stage):
+            self.optim.reset(stage.lr)
+        self.use_selection_weight(stage)
+        p.lr = stage.lr
+        self.tracker.start_stage(stage.start_epoch)
+        errors = self.evaluate(stage.phase)
+        self.judge(stage, errors, stage.start_epoch, at_start=True)
+        p.epoch, p.batch, p.stage_started = stage.start_epoch, 0, True
+        self.log.info(f"stage {stage.name}: global batch {stage.global_batch}, lr {stage.lr:.3g}, "
+                      f"epochs [{stage.start_epoch}, {stage.end_epoch}); start error {errors['out']['mean']:.4g}")
+
     def _run_stages(self) -> str:
-        cfg, ctx = self.cfg, self.ctx
+        cfg, ctx, p = self.cfg, self.ctx, self.progress
         max_steps = cfg.schedule.max_steps
-        while self.pos["stage"] < len(self.stages):
-            stage = self.stages[self.pos["stage"]]
+        while p.stage < len(self.stages):
+            stage = self.stages[p.stage]
             per_rank = stage.global_batch // ctx.world_size
-            if not self.pos["stage_started"]:
-                prev = self.stages[self.pos["stage"] - 1] if self.pos["stage"] else None
-                if prev is not None and (prev.phase != stage.phase or cfg.optim.reset_each_stage):
-                    self.optimizer = make_optimizer(cfg, self.model.parameters(), stage.lr)
-                if prev is not None and prev.phase != stage.phase:
-                    self.tracker.set_test_weight(cfg.schedule.test_weight)
-                self.lr = stage.lr
-                self.tracker.start_stage(stage.start_epoch)
-                errors = self.evaluate(stage.phase)
-                self.judge(stage, errors, stage.start_epoch, at_start=True)
-                self.pos.update(epoch=stage.start_epoch, batch=0, stage_started=True)
-                self.log.info(f"stage {stage.name}: global batch {stage.global_batch}, lr {stage.lr:.3g}, "
-                              f"epochs [{stage.start_epoch}, {stage.end_epoch}); start error "
-                              f"{errors['out']['mean']:.4g}")
-            set_lr(self.optimizer, self.lr)
+            if not p.stage_started:
+                self._start_stage(stage)
+            self.optim.set_lr(p.lr)
             stop_stage = False
-            while self.pos["epoch"] < stage.end_epoch and not stop_stage:
-                epoch = self.pos["epoch"]
+            while p.epoch < stage.end_epoch and not stop_stage:
+                epoch = p.epoch
                 t0, wait, n_samples, losses = time.time(), 0.0, 0, []
-                batches = self.data.train_batches(epoch, per_rank, skip=self.pos["batch"])
-                bar = self.log.progress(self.data.train_steps(per_rank) - self.pos["batch"],
-                                        f"{stage.name} epoch {epoch + 1}")
+                batches = self.data.train_batches(epoch, per_rank, skip=p.batch)
+                bar = self.log.progress(self.data.train_steps(per_rank) - p.batch, f"{stage.name} epoch {epoch + 1}")
                 t_wait = time.time()
                 for x, y in batches:
                     wait += time.time() - t_wait
                     loss = self.train_step(stage, x, y)
-                    self.log.step_done(bar, loss, self.pos["step"] + 1)
+                    self.log.step_done(bar, loss, p.step + 1)
                     if not math.isfinite(loss):
                         self.handle_nan(stage)
-                        set_lr(self.optimizer, self.lr)
+                        self.optim.set_lr(p.lr)
                     else:
                         losses.append(loss)
-                    self.pos["batch"] += 1
-                    self.pos["step"] += 1
+                    p.batch += 1
+                    p.step += 1
                     n_samples += stage.global_batch
-                    if self.pos["step"] % cfg.checkpoint.every_steps == 0:
+                    if p.step % cfg.checkpoint.every_steps == 0:
                         self.save("last")
                     if self.stop_requested:
                         return self._preempted()
-                    if max_steps is not None and self.pos["step"] >= max_steps:
+                    if max_steps is not None and p.step >= max_steps:
                         break
                     t_wait = time.time()
                 else:
-                    self.pos["epoch"] += 1
-                    self.pos["batch"] = 0
+                    p.epoch += 1
+                    p.batch = 0
                 bar.close()
                 elapsed = time.time() - t0
                 errors = self.evaluate(stage.phase)
                 improved, decision = self.judge(stage, errors, epoch, at_start=False)
                 decision = ctx.broadcast_object(decision)
                 if decision.reduce_lr:
-                    self.reload_best()
-                    self.lr = decision.new_lr
-                    set_lr(self.optimizer, self.lr)
-                    self.log.info(f"reduce lr to {self.lr:.3g} and reload the best weights")
+                    self.best.restore()
+                    p.lr = decision.new_lr
+                    self.optim.set_lr(p.lr)
+                    self.log.info(f"reduce lr to {p.lr:.3g} and reload the best weights")
                 self.log.metrics({
-                    "phase": stage.phase, "stage": stage.index, "epoch": epoch + 1, "step": self.pos["step"],
-                    "lr": self.lr, "global_batch": stage.global_batch,
+                    "phase": stage.phase, "stage": stage.index, "epoch": epoch + 1, "step": p.step,
+                    "lr": p.lr, "global_batch": stage.global_batch,
                     "train_loss": float(np.mean(losses)) if losses else float("nan"),
                     "val_error": errors["out"]["mean"], "val_error_aux": errors["aux"]["mean"],
                     "val_error_max": errors["out"]["max"],
-                    "train_subset_error": errors["train"]["mean"] if errors["train"]["count"] else None,
+                    "train_subset_error": errors["train"]["mean"] if errors["train"] else None,
                     "best_error": self.tracker.best_err, "improved": improved,
                     "samples_per_s": n_samples / max(elapsed, 1e-9), "data_wait_share": wait / max(elapsed, 1e-9),
                     "wall_time": time.time(),
                 })
-                if max_steps is not None and self.pos["step"] >= max_steps:
+                if max_steps is not None and p.step >= max_steps:
                     self.stop_reason = f"reached schedule.max_steps = {max_steps}"
                     self.save("last")
                     return "max_steps"
@@ -367,14 +357,14 @@ class Trainer:
                     self.log.info(f"stage {stage.name}: early stop after epoch {epoch + 1}: {decision.reason}")
                     stop_stage = True
             # Keras semantics: the next stage starts at this stage's planned end, from the best weights
-            self.reload_best()
-            self.pos.update(stage=self.pos["stage"] + 1, epoch=stage.end_epoch, batch=0, stage_started=False)
+            self.best.restore()
+            p.stage, p.epoch, p.batch, p.stage_started = p.stage + 1, stage.end_epoch, 0, False
             self.save("last")
         self.stop_reason = self.stop_reason or "schedule complete"
         return "complete"
 
     def _preempted(self) -> str:
-        self.log.info(f"received SIG{self.preempt.signal_name or '?'}: saving last.pt at step {self.pos['step']}")
+        self.log.info(f"received SIG{self.preempt.signal_name or '?'}: saving last.pt at step {self.progress.step}")
         self.save("last")
         if self.ctx.is_main:
             if os.environ.get("SUBMITIT_EXECUTOR"):
@@ -386,23 +376,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ the end
     def finish(self, wall: float) -> dict:
-        errors = {}
-        for split in ("val", "test"):
-            if self.data.has_split(split):
-                acc = {name: ErrorAccumulator() for name in ("weighted", "rel_l2", "psnr")}
-                with torch.no_grad():
-                    self.model.eval()
-                    for x, y in self.data.eval_batches(split, limit=None):
-                        out = self.model(x).float()
-                        for name in acc:
-                            acc[name].add(per_sample_error(name, out, y))
-                    self.model.train()
-                errors[split] = {name: a.reduce(self.ctx) for name, a in acc.items()}
-                errors[split]["psnr"] = {k: (-v if k in ("mean", "max") else v)
-                                         for k, v in errors[split]["psnr"].items()}
+        """Final metrics of the best model on the validation and test splits, results.json, results table."""
+        errors = {split: summarize(evaluate_model(self.model, self.data.eval_batches(split, limit=None),
+                                                  self.ctx)["out"])
+                  for split in ("val", "test") if self.data.has_split(split)}
         results = {
             "run_dir": str(self.run_dir), "data": self.cfg.data.path, "parameters": self.n_params,
-            "world_size": self.ctx.world_size, "steps": self.pos["step"], "epochs": self.pos["epoch"],
+            "world_size": self.ctx.world_size, "steps": self.progress.step, "epochs": self.progress.epoch,
             "stop_reason": self.stop_reason, "best_selection_error": self.tracker.best_err,
             "best_epoch": self.tracker.best_epoch, "errors": errors, "wall_time_s": wall,
             "n_train": self.data.n_train,

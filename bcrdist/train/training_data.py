@@ -6,6 +6,10 @@ original rule computed in memory (train = first int(N·percent), test = the next
 N − n_train); validation = the first n_valid test samples, as the original selected on the test set).
 Model selection uses at most `data.n_valid` samples: the first ones of the validation split; the
 fine-tuning "train" slot uses as many of the first training samples.
+
+As a part of the training state (`state_dict`) it is the identity of the data the run trains on (data set,
+training split size, seed: together they fix every epoch's order); the position within an epoch is the
+trainer's batch counter.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from bcrdist.data.dataset import ShardedDataset
 from bcrdist.data.splits import load_split, make_splits, split_path
 from bcrdist.distributed import DistContext
 from bcrdist.errors import ConfigError, DataError
+from bcrdist.transforms import network_input_shape
 
 STATS_SAMPLES = 4096
 EVAL_BATCH = 64
@@ -47,8 +52,7 @@ class TrainingData:
             if name not in self.manifest.datasets or len(self.manifest.datasets[name].shape) != 2:
                 raise DataError(f"{self.manifest.path}: expected a dataset {name!r} with per-sample shape "
                                 f"(angles, offsets/radii)")
-        ns, nd = self.manifest.datasets["measure"].shape
-        self.input_shape = (ns, 2 * nd if imag else nd)
+        self.input_shape = network_input_shape(self.manifest.datasets["measure"].shape, bool(imag))
         self.target_shape = self.manifest.datasets["coe"].shape
         self.target_scale = Preprocessor(self.train_spec, self.manifest).target_scale
 
@@ -167,11 +171,13 @@ class TrainingData:
         return shift.astype(np.float32), scale.astype(np.float32), self.target_scale
 
     def state_dict(self) -> dict:
-        reader = next(iter(self._train_readers.values()), None)
-        return {} if reader is None else {k: v for k, v in reader.state_dict().items()
-                                          if k in ("dataset_id", "num_samples", "seed", "block_size")}
+        """The identity of the training data: data set, training-split size and the order's seed."""
+        return {"dataset_id": self.manifest.dataset_id, "num_samples": self.n_train, "seed": self.cfg.seed}
 
     def load_state_dict(self, state: dict) -> None:
-        if state and state.get("dataset_id") not in (None, self.manifest.dataset_id):
-            raise DataError(f"{self.manifest.root}: the checkpoint was trained on data set {state['dataset_id']}, "
-                            f"this is {self.manifest.dataset_id}")
+        """Refuse to continue a run on other data (or another order) than it was trained on."""
+        saved = {k: state.get(k) for k in ("dataset_id", "num_samples", "seed")}
+        now = self.state_dict()
+        diff = [f"{k} {saved[k]} (now {now[k]})" for k in saved if saved[k] is not None and saved[k] != now[k]]
+        if diff:
+            raise DataError(f"{self.manifest.root}: the checkpoint was trained on other data: {', '.join(diff)}")

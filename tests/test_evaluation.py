@@ -1,0 +1,60 @@
+"""The one evaluation loop (`bcrdist.train.evaluation.evaluate_model`), checked against NumPy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bcrdist.distributed.launch_env import LaunchEnv
+from bcrdist.distributed.process_group import DistContext
+from bcrdist.train.evaluation import evaluate_model
+
+
+class TwoHeads(nn.Module):
+    """x (B, 4, 3) → out = x @ W (B, 4, 2), aux = 2·out."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.w = nn.Parameter(torch.randn(3, 2))
+
+    def forward(self, x, return_aux=False):
+        out = x @ self.w
+        return (out, 2 * out) if return_aux else out
+
+
+def np_weighted(p, y):
+    w = np.arange(y.shape[-1]) * 2 + 1.0
+    return np.sqrt((((p - y) * w) ** 2).sum(axis=(1, 2))) / np.sqrt(((y * w) ** 2).sum(axis=(1, 2)))
+
+
+def test_evaluate_model_matches_numpy_for_both_heads_and_restores_the_mode():
+    ctx = DistContext(LaunchEnv("single", 0, 1, 0, "127.0.0.1", 0), torch.device("cpu"))
+    model = TwoHeads()
+    rng = np.random.default_rng(1)
+    batches = [(torch.from_numpy(rng.standard_normal((n, 4, 3))).float(),
+                torch.from_numpy(rng.standard_normal((n, 4, 2))).float(), torch.arange(n) + 10 * i)
+               for i, n in enumerate((5, 3, 1))]
+    seen = []
+
+    def on_batch(x, y, pred, errors, index):
+        seen.append((index.tolist(), pred.shape, errors["weighted"].shape))
+
+    model.train()
+    stats = evaluate_model(model, iter(batches), ctx, ("weighted", "psnr"), heads=("out", "aux"), on_batch=on_batch)
+    assert model.training
+    assert seen == [(list(range(5)), (5, 4, 2), (5,)), ([10, 11, 12], (3, 4, 2), (3,)), ([20], (1, 4, 2), (1,))]
+    x = np.concatenate([b[0].numpy() for b in batches]).astype(np.float64)
+    y = np.concatenate([b[1].numpy() for b in batches]).astype(np.float64)
+    out = x @ model.w.detach().double().numpy()
+    for head, pred in (("out", out), ("aux", 2 * out)):
+        e = np_weighted(pred, y)
+        got = stats[head]["weighted"]
+        assert got["count"] == 9
+        assert got["mean"] == pytest.approx(e.mean(), rel=1e-5) and got["max"] == pytest.approx(e.max(), rel=1e-5)
+        db = -10 * np.log10(np.maximum(((pred - y) ** 2).mean(axis=(1, 2)) / 4, 1e-10))
+        assert stats[head]["psnr"]["mean"] == pytest.approx(-db.mean(), rel=1e-5)   # selection error: −PSNR
+    only_out = evaluate_model(model, iter(batches), ctx, ("weighted",))
+    assert set(only_out) == {"out"} and only_out["out"]["weighted"] == stats["out"]["weighted"]
