@@ -5,15 +5,18 @@ Every config section is a dataclass; `load_config(path, cls, overrides)` reads t
 a suggestion) and wrong types with a `ConfigError` naming the file and the dotted key, and returns the
 dataclass instance.
 
-Each field is declared with `setting(default, help=...)` (or `section(Cls, help=...)` for a nested section):
-the one-line meaning lives there once, and `config_keys(cls)` lists every key with its type, default and
-meaning for `bcrdist config keys` and for the tables of docs/configuration.md (`bcrdist.config_reference`).
+Each field is declared with `setting(default, help=..., low=..., high=...)` (or `section(Cls, help=...)` for
+a nested section): the one-line meaning and the range of a number live there once, the loader checks every
+number against its range (a float must also be finite: inf and NaN are refused everywhere), and
+`config_keys(cls)` lists every key with its type and range, default and meaning for `bcrdist config keys` and
+for the tables of docs/configuration.md (`bcrdist.config_reference`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -45,9 +48,51 @@ def parse_yaml(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
-def setting(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING) -> Any:
-    """A config field with its one-line meaning: `epochs: int = setting(40, help="...")`."""
-    return dataclasses.field(default=default, default_factory=default_factory, metadata={"help": help})
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a number may take: `low`/`high` bounds (None: unbounded), each included unless `*_open`.
+    `what` names the number inside a compound value ('lr multiplier' of a stage)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    what: str = ""
+
+    def __contains__(self, x: float) -> bool:
+        above = self.low is None or (x > self.low if self.low_open else x >= self.low)
+        below = self.high is None or (x < self.high if self.high_open else x <= self.high)
+        return above and below
+
+    def text(self) -> str:
+        """`> 0`, `≥ 1`, `< 1`, `in (0, 0.5]`, or '' when unbounded."""
+        lo, hi = self.low, self.high
+        if lo is not None and hi is not None:
+            return f"in {'(' if self.low_open else '['}{_number(lo)}, {_number(hi)}{')' if self.high_open else ']'}"
+        if lo is not None:
+            return f"{'>' if self.low_open else '≥'} {_number(lo)}"
+        if hi is not None:
+            return f"{'<' if self.high_open else '≤'} {_number(hi)}"
+        return ""
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def setting(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING,
+            low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False,
+            items: tuple[Range, ...] | None = None) -> Any:
+    """A config field with its one-line meaning and, for numbers, its range:
+    `lr: float = setting(1e-3, help="...", low=0, low_open=True)` (> 0). The range applies to every number
+    of the value (both of a `[min, max]` pair); `items` instead gives one Range per position of the value's
+    fixed-length lists (`[batch multiplier, lr multiplier]` stages)."""
+    metadata: dict[str, Any] = {"help": help}
+    if items is not None:
+        metadata["range"] = tuple(items)
+    elif low is not None or high is not None:
+        metadata["range"] = Range(low, high, low_open, high_open)
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
 def section(cls: type, *, help: str) -> Any:
@@ -76,24 +121,32 @@ def _walk(cls: type, where: str = ""):
             yield from _walk(hints[f.name], f"{name}.")
 
 
-def type_text(tp: Any) -> str:
-    """An annotation as a YAML user reads it: `int or null`, `{nadam, adamw}`, `[float, float]`."""
+def type_text(tp: Any, bounds: Range | tuple[Range, ...] | None = None) -> str:
+    """An annotation as a YAML user reads it, with the range `bounds` declared for its numbers (`setting`):
+    `int ≥ 1 or null`, `{nadam, adamw}`, `[float ≥ 0, float ≥ 0]`, `list of [int ≥ 1, float > 0]`."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else type_text(a) for a in args)
+        return " or ".join("null" if a is type(None) else type_text(a, bounds) for a in args)
     if origin is typing.Literal:
         return "{" + ", ".join(str(a) for a in args) + "}"
     if dataclasses.is_dataclass(tp):
         return "section"
     if origin in (list, tuple):
         if origin is tuple and args and args[-1] is not Ellipsis:
-            return "[" + ", ".join(type_text(a) for a in args) + "]"
-        return f"list of {type_text(args[0]) if args else 'any'}"
+            return "[" + ", ".join(type_text(a, _item_range(bounds, i)) for i, a in enumerate(args)) + "]"
+        return f"list of {type_text(args[0], bounds) if args else 'any'}"
     if origin is dict or tp is dict:
         return "mapping"
     if tp is Any:
         return "any"
+    if tp in (int, float) and isinstance(bounds, Range) and bounds.text():
+        return f"{_type_name(tp)} {bounds.text()}"
     return _type_name(tp)
+
+
+def _item_range(bounds: Range | tuple[Range, ...] | None, i: int) -> Range | None:
+    """The range of position i of a fixed-length list: its own (`items=`) or the value's single range."""
+    return bounds[i] if isinstance(bounds, tuple) else bounds
 
 
 def value_text(value: Any) -> str:
@@ -129,7 +182,7 @@ def config_keys(cls: type, prefix: str = "") -> list[Key]:
             default = value_text(f.default_factory())
         else:
             default = "required"
-        keys.append(Key(name, type_text(tp), default, meaning))
+        keys.append(Key(name, type_text(tp, f.metadata.get("range")), default, meaning))
     return keys
 
 
@@ -156,8 +209,28 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check `value` against the annotation `tp` (and convert int→float, list→tuple, dict→dataclass)."""
+class _OutOfRange(ConfigError):
+    """A number of the right type outside its range: a union reports it rather than trying its other types."""
+
+
+def _check_number(value: int | float, bounds: Range | None, where: str, nullable: bool) -> None:
+    """`value` (int or float, already converted) is finite and inside `bounds`; else one line naming `where`."""
+    if (isinstance(value, int) or math.isfinite(value)) and (bounds is None or value in bounds):
+        return
+    what = f"{bounds.what} " if bounds is not None and bounds.what else ""
+    limits = bounds.text() if bounds is not None else ""
+    if limits.startswith("in "):
+        expected = f"lie {limits}{' or be null' if nullable else ''}"
+    else:
+        kind = "an integer" if isinstance(value, int) else "a finite number"
+        expected = f"be {kind}{' ' + limits if limits else ''}{' or null' if nullable else ''}"
+    raise _OutOfRange(f"{where}: {what}must {expected}, got {value!r}")
+
+
+def _coerce(value: Any, tp: Any, where: str, bounds: Range | tuple[Range, ...] | None = None,
+            nullable: bool = False) -> Any:
+    """Check `value` against the annotation `tp` (and convert int→float, list→tuple, dict→dataclass); every
+    float must be finite and every number inside `bounds` (one Range for all, or one per tuple position)."""
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
@@ -169,7 +242,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, where)
+                return _coerce(value, arg, where, bounds, nullable=type(None) in args)
+            except _OutOfRange:
+                raise
             except ConfigError:
                 continue
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
@@ -194,21 +269,35 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+            out = []
+            for i, (v, a) in enumerate(zip(value, args)):
+                item_bounds = _item_range(bounds, i)
+                # a named position ('lr multiplier') is reported at the list's own key
+                at = where if item_bounds is not None and item_bounds.what else f"{where}[{i}]"
+                out.append(_coerce(v, a, at, item_bounds))
+            return tuple(out)
         item = args[0] if args else Any
-        items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        items = [_coerce(v, item, f"{where}[{i}]", bounds) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
+    if isinstance(bounds, tuple):
+        raise TypeError(f"{where}: setting(items=...) gives the ranges of a fixed-length list's positions")
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:           # an integer beyond the float range
+            number = math.inf
+        _check_number(number, bounds, where, nullable)
+        return number
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        _check_number(value, bounds, where, nullable)
         return value
     if tp is bool:
         if not isinstance(value, bool):
@@ -223,8 +312,19 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def check_ranges(obj: Any, where: str = "") -> None:
+    """Check every number of the config dataclass `obj` (not of its sections) against its declared range, as
+    loading does; `where` is its dotted key. A section's `validate()` calls it for configs built in code."""
+    hints = typing.get_type_hints(type(obj))
+    parent = f"{where}." if where else ""
+    for f in dataclasses.fields(obj):
+        if not dataclasses.is_dataclass(hints[f.name]):
+            _coerce(getattr(obj, f.name), hints[f.name], f"{parent}{f.name}", f.metadata.get("range"))
+
+
 def from_dict(cls: type[T], data: dict, where: str = "") -> T:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys; `where` is the dotted section name."""
+    """Build dataclass `cls` from a mapping, rejecting unknown keys, wrong types, non-finite floats and numbers
+    outside their declared ranges, then run its `validate()`; `where` is the dotted section name."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     parent = f"{where}." if where else ""
@@ -240,7 +340,7 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
         raise ConfigError(f"unknown key '{parent}{name}' ({hint}known keys: {', '.join(sorted(fields))})")
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(value, hints[name], f"{parent}{name}")
+        kwargs[name] = _coerce(value, hints[name], f"{parent}{name}", fields[name].metadata.get("range"))
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
@@ -248,7 +348,7 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if validate is not None:
-        validate()      # its messages name the full dotted key
+        validate()      # the rules across keys; its messages name the full dotted key
     return obj
 
 

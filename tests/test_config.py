@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
+import os
 import re
+import subprocess
+import sys
+import types
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import pytest
+import yaml
 
-from bcrdist.config import apply_overrides, from_dict, load_config, read_yaml, to_dict
+from bcrdist.config import Range, apply_overrides, check_ranges, from_dict, load_config, read_yaml, to_dict
 from bcrdist.errors import ConfigError
-from bcrdist.train.config import DataConfig, ModelConfig, ScheduleConfig, TrainConfig
+from bcrdist.physics.generation_config import GenerationConfig
+from bcrdist.train.config import CheckpointConfig, DataConfig, ModelConfig, ScheduleConfig, TrainConfig
 
 
 # A small schema exercising every annotation kind the loader supports.
@@ -360,3 +370,208 @@ def test_train_print_shows_the_resolved_value_and_does_not_train(tmp_path, capsy
     assert main(["train", "--config", str(path), "--print", "schedule.bogus"]) == 2
     assert "schedule.bogus" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------- ranges (issue 12)
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs" if (ROOT / "configs").is_dir() else ROOT / "bcrdist" / "configs"
+
+
+@pytest.mark.parametrize("override, key, expect", [
+    ("optim.lr=.inf", "optim.lr", "must be a finite number > 0, got inf"),
+    ("optim.lr=.nan", "optim.lr", "must be a finite number > 0, got nan"),
+    ("optim.lr=-1e-3", "optim.lr", "> 0"),
+    ("checkpoint.every_steps=0", "checkpoint.every_steps", "must be an integer ≥ 1, got 0"),
+    ("checkpoint.every_steps=-5", "checkpoint.every_steps", "≥ 1"),
+    ("runtime.threads=0", "runtime.threads", "must be an integer ≥ 1 or null, got 0"),
+    ("schedule.max_steps=0", "schedule.max_steps", "≥ 1 or null"),
+    ("schedule.max_steps=-1", "schedule.max_steps", "≥ 1 or null"),
+    ("schedule.rel_threshold=-0.1", "schedule.rel_threshold", "must be a finite number ≥ 0"),
+    ("schedule.rel_threshold=.inf", "schedule.rel_threshold", "finite"),
+    ("schedule.max_nan_failures=-1", "schedule.max_nan_failures", "must be an integer ≥ 0"),
+    ("schedule.pretrain_stages=[]", "schedule.pretrain_stages", "empty"),
+    ("schedule.finetune_stages=[]", "schedule.finetune_stages", "empty"),
+    ("seed=-1", "seed", "must lie in [0, 4294967295], got -1"),
+    ("seed=4294967296", "seed", "[0, 4294967295]"),               # np.random.seed's limit
+    ("schedule.pretrain_stages=[[1, 1], [2, 0.5], [4, -0.5]]", "schedule.pretrain_stages[2]",
+     "lr multiplier must be a finite number > 0, got -0.5"),
+    ("schedule.pretrain_stages=[[1, 1], [0, 0.5]]", "schedule.pretrain_stages[1]",
+     "batch multiplier must be an integer ≥ 1, got 0"),
+    ("schedule.finetune_stages=[[4, 0]]", "schedule.finetune_stages[0]", "lr multiplier"),
+    ("schedule.finetune_stages=[[4, .nan]]", "schedule.finetune_stages[0]", "finite"),
+    ("data.n_valid=0", "data.n_valid", "≥ 1"),
+    ("data.noise=.nan", "data.noise", "finite number ≥ 0"),
+    ("data.noise=.inf", "data.noise", "finite"),
+    ("data.percent=0", "data.percent", "(0, 1) or be null"),
+    ("data.percent=1", "data.percent", "(0, 1)"),
+    ("data.percent=.nan", "data.percent", "(0, 1)"),
+    ("data.num_workers=-1", "data.num_workers", "≥ 0"),
+    ("model.n_cnn=0", "model.n_cnn", "≥ 1"),
+    ("model.n_cnn3=0", "model.n_cnn3", "≥ 1"),
+    ("model.w_comp=0", "model.w_comp", "≥ 1"),
+    ("model.levels=0", "model.levels", "≥ 1 or null"),
+    ("optim.weight_decay=-0.01", "optim.weight_decay", "≥ 0"),
+    ("optim.weight_decay=.inf", "optim.weight_decay", "finite"),
+    ("optim.grad_clip=0", "optim.grad_clip", "> 0 or null"),
+    ("optim.grad_clip=.inf", "optim.grad_clip", "finite"),
+    ("schedule.batch_size=0", "schedule.batch_size", "≥ 1"),
+    ("schedule.patience=-3", "schedule.patience", "≥ 1"),
+    ("schedule.patience_lr=0", "schedule.patience_lr", "≥ 1 or null"),
+    ("schedule.test_weight=.nan", "schedule.test_weight", "[0, 1]"),
+    ("schedule.reduce_lr_factor=1", "schedule.reduce_lr_factor", "(0, 1)"),
+    ("schedule.reduce_lr_factor=0", "schedule.reduce_lr_factor", "(0, 1)"),
+    ("schedule.nan_lr_factor=1.5", "schedule.nan_lr_factor", "(0, 1)"),
+    ("schedule.nan_lr_factor=0", "schedule.nan_lr_factor", "(0, 1)"),
+    ("schedule.initial_batch_size=0", "schedule.initial_batch_size", "≥ 1"),
+    ("schedule.loss_weights=[-1, 1]", "schedule.loss_weights[0]", "≥ 0"),
+    ("schedule.loss_weights=[1, .nan]", "schedule.loss_weights[1]", "finite"),
+    ("schedule.loss_weights=[0, 0]", "schedule.loss_weights", "not both be 0"),
+    ("runtime.log_every_steps=-1", "runtime.log_every_steps", "≥ 0"),
+])
+def test_out_of_range_values_name_the_key_and_the_range(tmp_path, override, key, expect):
+    path = write(tmp_path, "seed: 1\n")
+    msg = config_error(load_config, path, TrainConfig, [override])
+    assert msg.startswith(f"{path}: {key}: ") and expect in msg and "\n" not in msg, msg
+    key_path = write(tmp_path, yaml.safe_dump(apply_overrides({}, [override], "x")), "in_file.yaml")
+    msg = config_error(load_config, key_path, TrainConfig)          # the same value written in the file
+    assert msg.startswith(f"{key_path}: {key}: ") and expect in msg, msg
+
+
+@pytest.mark.parametrize("override", [
+    "schedule.max_nan_failures=0", "runtime.log_every_steps=0", "schedule.rel_threshold=0", "seed=4294967295",
+    "data.noise=0", "optim.weight_decay=0", "schedule.test_weight=0", "schedule.test_weight=1",
+    "schedule.loss_weights=[0, 1]", "runtime.threads=null", "schedule.max_steps=1", "checkpoint.every_steps=1",
+    "schedule.pretrain_stages=[[1, 1e-6]]", "data.percent=0.999",
+])
+def test_values_on_a_closed_bound_are_accepted(override):
+    load_config(None, TrainConfig, [override])
+
+
+def test_an_empty_stage_list_is_accepted_only_for_a_phase_that_does_not_run():
+    cfg = load_config(None, TrainConfig, ["schedule.pretrain=false", "schedule.pretrain_stages=[]"])
+    assert cfg.schedule.pretrain_stages == []
+    cfg = load_config(None, TrainConfig, ["schedule.finetune=false", "schedule.finetune_stages=[]"])
+    assert cfg.schedule.finetune_stages == []
+    msg = config_error(load_config, None, TrainConfig, ["schedule.finetune=false", "schedule.pretrain_stages=[]"])
+    assert "schedule.pretrain_stages" in msg and "schedule.pretrain: false" in msg, msg
+
+
+def numeric_fields(cls, where=""):
+    """(dotted key, annotation, declared range) of every int/float-valued field, walked with dataclasses."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from numeric_fields(tp, f"{where}{f.name}.")
+        elif re.search(r"\b(int|float)\b", str(tp)) and tp is not bool:
+            yield f"{where}{f.name}", tp, f.metadata.get("range")
+
+
+def test_every_numeric_key_declares_a_range():
+    for cls in (TrainConfig, GenerationConfig):
+        for key, tp, bounds in numeric_fields(cls):
+            assert bounds is not None, f"{cls.__name__}.{key}: declare its range, setting(..., low=..., high=...)"
+
+
+def numbers(tp):
+    """The annotation without null, and the number annotations of its positions: one for a number, each item's
+    for a fixed-length list or for the items of a list of them (the stage lists)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    item = typing.get_args(tp)[0] if typing.get_origin(tp) is list else tp
+    return tp, list(typing.get_args(item)) if typing.get_origin(item) is tuple else [item]
+
+
+def with_number(tp, bad, position):
+    """A value of `tp` holding `bad` at `position` and 1 at the other positions."""
+    item = [bad if i == position else 1 for i in range(len(numbers(tp)[1]))]
+    tp = numbers(tp)[0]
+    if typing.get_origin(tp) is list:
+        return [item]
+    return item if typing.get_origin(tp) is tuple else bad
+
+
+def outside(bounds: Range, number: type):
+    """Numbers just outside `bounds` (its open ends themselves), and NaN and ±inf for a float."""
+    step = 1 if number is int else 1e-9
+    bad = [] if number is int else [math.nan, math.inf, -math.inf]
+    if bounds.low is not None:
+        bad.append(bounds.low if bounds.low_open else bounds.low - step)
+    if bounds.high is not None:
+        bad.append(bounds.high if bounds.high_open else bounds.high + step)
+    return bad
+
+
+def range_cases():
+    for cls in (TrainConfig, GenerationConfig):
+        for key, tp, bounds in numeric_fields(cls):
+            kinds = numbers(tp)[1]
+            per_position = bounds if isinstance(bounds, tuple) else (bounds,) * len(kinds)
+            for position, (b, number) in enumerate(zip(per_position, kinds)):
+                for bad in outside(b, number):
+                    yield pytest.param(cls, key, with_number(tp, bad, position), id=f"{key}[{position}]={bad}")
+
+
+def as_yaml(value) -> str:
+    """A number or nested list as YAML writes it (NaN as `.nan`, infinities as `.inf` and `-.inf`)."""
+    if isinstance(value, list):
+        return "[" + ", ".join(as_yaml(v) for v in value) + "]"
+    if isinstance(value, float) and not math.isfinite(value):
+        return ".nan" if math.isnan(value) else ("-.inf" if value < 0 else ".inf")
+    return repr(value)
+
+
+@pytest.mark.parametrize("cls, key, value", list(range_cases()))
+def test_every_declared_range_is_enforced_on_load(cls, key, value):
+    """Each number just outside its declared range (and NaN/inf for each float) is refused, naming the key."""
+    override = f"{key}={as_yaml(value)}"
+    msg = config_error(load_config, None, cls, [override])
+    assert f" {key}" in f" {msg.partition(': ')[2]}" and "must" in msg, (override, msg)
+
+
+@pytest.mark.parametrize("text, key", [("inner: {scale: .nan}", "inner.scale"), ("inner: {limit: .inf}", "inner.limit"),
+                                       ("pair: [1, -.inf]", "pair[1]"), ("inner: {scale: -.inf}", "inner.scale")])
+def test_non_finite_floats_are_refused_without_a_declared_range(tmp_path, text, key):
+    msg = config_error(load_config, write(tmp_path, text + "\n"), Outer)
+    assert f"{key}: must be a finite number" in msg, msg
+
+
+def test_check_ranges_on_configs_built_in_code():
+    with pytest.raises(ConfigError, match=r"^data\.noise: must be a finite number ≥ 0, got nan$"):
+        DataConfig(noise=math.nan).validate()
+    with pytest.raises(ConfigError, match=r"^schedule\.pretrain_stages\[0\]: lr multiplier"):
+        ScheduleConfig(pretrain_stages=[(1, -1.0)]).validate()
+    with pytest.raises(ConfigError, match=r"^checkpoint\.every_steps: "):
+        check_ranges(CheckpointConfig(every_steps=0), "checkpoint")
+    check_ranges(TrainConfig())
+    assert from_dict(TrainConfig, to_dict(TrainConfig())) == TrainConfig()       # the defaults are in range
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_training_configs_load(path):
+    assert isinstance(load_config(path, TrainConfig), TrainConfig)
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "data").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_data_configs_load(path):
+    assert isinstance(load_config(path, GenerationConfig), GenerationConfig)
+
+
+def test_shipped_configs_exist():
+    assert len(list(CONFIGS.glob("*.yaml"))) >= 3 and len(list((CONFIGS / "data").glob("*.yaml"))) >= 3
+
+
+def test_train_cli_refuses_an_infinite_lr_before_writing_anything(tmp_path):
+    """`bcrdist train --set optim.lr=.inf`: one line on stderr, exit status 2, no run directory."""
+    run_dir = tmp_path / "run"
+    path = write(tmp_path, f"run_dir: {run_dir}\nresults_table: {tmp_path / 'results.tsv'}\n"
+                           f"data: {{path: {tmp_path / 'no_data'}}}\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    env = {**os.environ, "BCRDIST_TRACEBACK": ""}
+    proc = subprocess.run([sys.executable, "-m", "bcrdist", "train", "--config", str(path), "--set", "optim.lr=.inf"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert proc.returncode == 2, proc
+    err = proc.stderr.strip()
+    assert err == f"bcrdist train: error: {path}: optim.lr: must be a finite number > 0, got inf", proc.stderr
+    assert proc.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and not run_dir.exists()

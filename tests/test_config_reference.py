@@ -14,7 +14,7 @@ import pytest
 
 from bcrdist.cli import main
 from bcrdist.cli.config import config_tables
-from bcrdist.config import config_keys, parse_yaml, section, setting, type_text, value_text
+from bcrdist.config import Range, config_keys, parse_yaml, section, setting, type_text, value_text
 from bcrdist.config_reference import markdown_table, update_reference
 from bcrdist.errors import ConfigError
 from bcrdist.physics.generation_config import GenerationConfig
@@ -135,6 +135,41 @@ def test_type_text(tp, text):
     assert type_text(tp) == text
 
 
+@pytest.mark.parametrize("tp, bounds, text", [
+    (float, Range(low=0, low_open=True), "float > 0"), (int, Range(low=1), "int ≥ 1"),
+    (int | None, Range(low=1), "int ≥ 1 or null"), (float, Range(high=1, high_open=True), "float < 1"),
+    (float, Range(0, 1, low_open=True, high_open=True), "float in (0, 1)"), (float, Range(0, 0.5), "float in [0, 0.5]"),
+    (float | None, Range(0, 0.5, low_open=True), "float in (0, 0.5] or null"), (float, Range(), "float"),
+    (tuple[float, float], Range(low=0), "[float ≥ 0, float ≥ 0]"),
+    (list[tuple[int, float]] | None, (Range(low=1), Range(low=0, low_open=True)),
+     "list of [int ≥ 1, float > 0] or null"),
+    (str, Range(low=0), "str"),
+])
+def test_type_text_shows_the_range(tp, bounds, text):
+    assert type_text(tp, bounds) == text
+
+
+@pytest.mark.parametrize("block, cls", [("train", TrainConfig), ("data", GenerationConfig)])
+def test_every_numeric_key_shows_its_range_in_the_docs(block, cls):
+    """Read back from the Markdown: the type cell of each number carries the range text of its declaration."""
+    rows, _ = docs_rows(block)
+    for key, f, tp in leaf_fields(cls):
+        bounds = f.metadata.get("range")
+        if bounds is None:
+            continue
+        for b in bounds if isinstance(bounds, tuple) else (bounds,):
+            assert b.text() and b.text() in rows[key]["type"], (key, rows[key]["type"], b.text())
+
+
+def test_config_keys_shows_the_ranges(capsys):
+    assert main(["config", "keys", "optim.lr"]) == 0
+    assert re.match(r"^optim\.lr +float > 0 +0\.001 +base learning rate", capsys.readouterr().out)
+    assert main(["config", "keys", "schedule.pretrain_stages"]) == 0
+    assert "list of [int ≥ 1, float > 0] or null" in capsys.readouterr().out
+    assert main(["config", "keys", "--data", "family.support_radius"]) == 0
+    assert "float in (0, 0.5]" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("value, text", [
     (None, "null"), (True, "true"), (False, "false"), (1e-3, "0.001"), (1e-8, "1e-08"), (40, "40"),
     ((1.0, 1.0), "[1.0, 1.0]"), ([(1, 0.5)], "[[1, 0.5]]"), ("runs/bcrnet", "runs/bcrnet"),
@@ -148,7 +183,7 @@ def test_value_text_reads_back_as_the_value(value, text):
 def test_config_keys_lists_type_default_and_meaning(capsys):
     assert main(["config", "keys", "schedule.ep"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and re.match(r"^schedule\.epochs +int +40 +the original's `--epoch`", out[0]), out
+    assert len(out) == 1 and re.match(r"^schedule\.epochs +int ≥ 1 +40 +the original's `--epoch`", out[0]), out
     assert main(["config", "keys"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == len(config_keys(TrainConfig))
@@ -173,7 +208,8 @@ def test_config_reference_check_and_write(tmp_path, capsys):
     copy = tmp_path / "configuration.md"
     copy.write_text(DOCS.read_text())
     assert main(["config", "reference", "--check", str(copy)]) == 0
-    stale = DOCS.read_text().replace("| `seed` | int | `0` |", "| `seed` | int | `1` |")
+    row = "| `seed` | int in [0, 4294967295] | `0` |"
+    stale = DOCS.read_text().replace(row, row.replace("`0`", "`1`"))
     assert stale != DOCS.read_text()
     copy.write_text(stale + "\nprose added at the end\n")
     assert main(["config", "reference", "--check", str(copy)]) == 1

@@ -20,6 +20,16 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
     (["family.gaussian.width=[0.2, 0.1]"], "width: lower bound 0.2 exceeds upper bound 0.1"),
     (["family.gaussian.width=[0.1, 0.2]"], "gaussian.width: tail_sigmas"),
     (["solver.tol=2"], "tol: must lie in (0, 1)"),
+    (["box=.nan"], "box: must be a finite number > 0, got nan"),
+    (["k_over_pi=-.inf"], "k_over_pi: must be a finite number > 0, got -inf"),
+    (["seed=-1"], "seed: must be an integer ≥ 0, got -1"),
+    (["samples_per_shard=0"], "samples_per_shard: must be an integer ≥ 1, got 0"),
+    (["family.gaussian.count=[0, 3]"], "family.gaussian.count[0]: must be an integer ≥ 1, got 0"),
+    (["family.gaussian.amplitude=[0.1, .nan]"], "family.gaussian.amplitude[1]: must be a finite number ≥ 0"),
+    (["family.support_radius=.inf"], "family.support_radius: must lie in (0, 0.5], got inf"),
+    (["family.shapes.polygon_fraction=1.5"], "family.shapes.polygon_fraction: must lie in [0, 1], got 1.5"),
+    (["family.shepp_logan.jitter=0.5"], "family.shepp_logan.jitter: must lie in [0, 0.5), got 0.5"),
+    (["solver.restart=0"], "solver.restart: must be an integer ≥ 1, got 0"),
 ])
 def test_bad_config_is_one_line_error_naming_file_and_key(tmp_path, capsys, override, key):
     path = write_config(tmp_path / "bad.yaml", TINY)

@@ -1,7 +1,8 @@
 """Training configuration: typed dataclasses loaded from YAML (`bcrdist.config.load_config`).
 
-Each key's one-line meaning is declared with its field (`setting(..., help=...)`); `bcrdist config keys` lists
-them and docs/configuration.md tables them (`bcrdist config reference --write docs/configuration.md`).
+Each key's one-line meaning and, for a number, its range are declared with its field (`setting(..., help=...,
+low=..., high=...)`; the loader checks them, and refuses inf and NaN for every float); `bcrdist config keys`
+lists them and docs/configuration.md tables them (`bcrdist config reference --write docs/configuration.md`).
 Batch sizes are *global* (summed over ranks).
 """
 
@@ -10,8 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from bcrdist.config import section, setting
+from bcrdist.config import Range, check_ranges, section, setting
 from bcrdist.errors import ConfigError
+
+# np.random.seed (seeded with the run's seed, with torch and random) takes [0, 2**32 − 1]
+SEED_LIMIT = 2**32 - 1
+# a stage: [batch multiplier, lr multiplier]
+STAGE_RANGES = (Range(low=1, what="batch multiplier"), Range(low=0, low_open=True, what="lr multiplier"))
 
 
 @dataclass
@@ -22,48 +28,43 @@ class DataConfig:
     val_split: str = setting("val", help="validation split (name, file or `all`, as `data.train_split`)")
     test_split: str = setting("test", help="test split (name, file or `all`, as `data.train_split`)")
     n_valid: int = setting(1024, help="at most this many validation samples select the model (the first ones "
-                           "of the split)")
+                           "of the split)", low=1)
     antipodal: bool = setting(True, help="the original's input preprocessing (pairs each centre angle with its "
                               "antipode)")
     use_imag: bool = setting(False, help="also feed `measure_imag`, concatenated along the detector axis "
                              "(Nd doubles)")
     noise: float = setting(0.0, help="multiplicative noise X·(1 + σε), σ = noise/100, on training, validation "
-                           "and test inputs (the original's `--noise`, percent)")
+                           "and test inputs (the original's `--noise`, percent)", low=0)
     noise_per_epoch: bool = setting(False, help="a fresh training-noise draw every epoch (data augmentation); "
                                     "false = one fixed draw per sample, as the original")
     percent: float | None = setting(None, help="instead of split files: the original rule (train = first "
                                     "int(N·percent), test = next min(max(n_train, 5000), N − n_train), validation "
-                                    "= first `n_valid` test samples, as the original selected on the test set)")
+                                    "= first `n_valid` test samples, as the original selected on the test set)",
+                                    low=0, high=1, low_open=True, high_open=True)
     normalize_input: bool = setting(True, help="divide each input channel by its RMS over the first 4096 "
                                     "training samples (stored in the checkpoint)")
     input_shift: bool = setting(False, help="also subtract the channel mean (then divide by the standard "
                                 "deviation)")
     normalize_output: bool = setting(True, help="divide targets by half their range over the data set (the "
                                      "original's output scaling; stored in the checkpoint)")
-    num_workers: int = setting(0, help="DataLoader worker processes per rank (0: one prefetch thread)")
+    num_workers: int = setting(0, help="DataLoader worker processes per rank (0: one prefetch thread)", low=0)
     preload: bool = setting(False, help="read the splits into memory once")
 
     def validate(self):
-        if self.noise < 0:
-            raise ConfigError(f"data.noise: must be ≥ 0 percent, got {self.noise}")
-        if self.n_valid < 1:
-            raise ConfigError(f"data.n_valid: must be ≥ 1, got {self.n_valid}")
-        if self.num_workers < 0:
-            raise ConfigError(f"data.num_workers: must be ≥ 0, got {self.num_workers}")
+        check_ranges(self, "data")
 
 
 @dataclass
 class ModelConfig:
-    alpha: int = setting(40, help="channels α")
-    n_cnn: int = setting(6, help="band-matrix layers per level (the original's N_cnn)")
-    n_cnn3: int = setting(5, help="2D refinement layers (N_cnn3)")
-    w_comp: int = setting(1, help="kernel of the first and of the auxiliary-head layer (odd)")
-    levels: int | None = setting(None, help="wavelet levels; null = ⌊log2 Ns⌋ − 2")
+    alpha: int = setting(40, help="channels α", low=1)
+    n_cnn: int = setting(6, help="band-matrix layers per level (the original's N_cnn)", low=1)
+    n_cnn3: int = setting(5, help="2D refinement layers (N_cnn3)", low=1)
+    w_comp: int = setting(1, help="kernel of the first and of the auxiliary-head layer (odd)", low=1)
+    levels: int | None = setting(None, help="wavelet levels (Ns must be divisible by 2^levels); null = ⌊log2 Ns⌋ "
+                                 "− 2", low=1)
 
     def validate(self):
-        for key in ("alpha", "n_cnn", "n_cnn3", "w_comp"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"model.{key}: must be ≥ 1, got {getattr(self, key)}")
+        check_ranges(self, "model")
         if self.w_comp % 2 == 0:
             raise ConfigError(f"model.w_comp: must be odd, got {self.w_comp}")
 
@@ -72,39 +73,37 @@ class ModelConfig:
 class OptimConfig:
     name: Literal["nadam", "adamw"] = setting("nadam", help="`nadam` (as Keras 2.2: β (0.9, 0.999), ε 1e-7, "
                                               "momentum decay 0.004) or `adamw`")
-    lr: float = setting(1e-3, help="base learning rate (the original's `--lr`)")
-    weight_decay: float = setting(0.0, help="weight decay, AdamW only")
-    grad_clip: float | None = setting(None, help="clip the global gradient norm to this value; null = no clipping")
+    lr: float = setting(1e-3, help="base learning rate (the original's `--lr`)", low=0, low_open=True)
+    weight_decay: float = setting(0.0, help="weight decay, AdamW only", low=0)
+    grad_clip: float | None = setting(None, help="clip the global gradient norm to this value; null = no clipping",
+                                      low=0, low_open=True)
     reset_each_stage: bool = setting(False, help="new optimizer moments at every stage (Keras kept them across "
                                      "stages and reloads; a new phase always starts fresh)")
-
-    def validate(self):
-        if self.lr <= 0:
-            raise ConfigError(f"optim.lr: must be > 0, got {self.lr}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ConfigError(f"optim.grad_clip: must be > 0 or null, got {self.grad_clip}")
 
 
 @dataclass
 class ScheduleConfig:
     batch_size: int = setting(32, help="B, global: pre-training stages use B, 2B, 4B, 8B, 16B, 16B…; fine-tuning "
-                              "8B, 16B…")
+                              "8B, 16B…", low=1)
     epochs: int = setting(40, help="the original's `--epoch`: each stage's length, the first stage of a phase "
-                          "twice that")
+                          "twice that", low=1)
     pretrain: bool = setting(True, help="run the multi-head pre-training phase")
     finetune: bool = setting(True, help="run the output-only fine-tuning phase")
     pretrain_stages: list[tuple[int, float]] | None = setting(
-        None, help="pre-training stages as [batch multiplier, lr multiplier]; null = the original's 9 stages")
+        None, help="pre-training stages as [batch multiplier, lr multiplier]; null = the original's 9 stages; "
+        "empty only with `pretrain: false`", items=STAGE_RANGES)
     finetune_stages: list[tuple[int, float]] | None = setting(
-        None, help="fine-tuning stages as [batch multiplier, lr multiplier]; null = the original's 4 stages")
+        None, help="fine-tuning stages as [batch multiplier, lr multiplier]; null = the original's 4 stages; "
+        "empty only with `finetune: false`", items=STAGE_RANGES)
     loss_weights: tuple[float, float] = setting((1.0, 1.0), help="pre-training loss weights of (output, "
-                                                "auxiliary head); Fan used 1/1, Ma 0.5/0.5")
+                                                "auxiliary head), not both 0; Fan used 1/1, Ma 0.5/0.5", low=0)
     metric: Literal["weighted", "psnr", "rel_l2"] = setting(
         "weighted", help="selection error: `weighted` (radius-weighted relative error), `rel_l2`, or `psnr` (−PSNR)")
-    patience: int = setting(10, help="epochs without improvement that end a stage")
-    rel_threshold: float = setting(1e-3, help="an improvement must lower the error by more than this fraction")
+    patience: int = setting(10, help="epochs without improvement that end a stage", low=1)
+    rel_threshold: float = setting(1e-3, help="an improvement must lower the error by more than this fraction",
+                                   low=0)
     test_weight: float = setting(1.0, help="fine-tuning selection error = (1−w)·training-subset error + "
-                                 "w·validation error")
+                                 "w·validation error", low=0, high=1)
     keras_compat: bool = setting(False, help="reproduce Keras 2.2: each phase runs at its first lr (Keras baked "
                                  "the first lr into its training graph and ignored later changes), best error "
                                  "starts at 1, the stage-start evaluation counts as \"epoch 0\"")
@@ -112,33 +111,39 @@ class ScheduleConfig:
                                           "checkpoint or Keras `.h5`, at lr/10, batch `initial_batch_size`, "
                                           "patience max(epochs/40, 40), reduce-LR by √0.1")
     initial_batch_size: int = setting(256, help="global batch of the initial-weights branch (the original's "
-                                      "fixed 256)")
+                                      "fixed 256)", low=1)
     reduce_lr: bool = setting(False, help="reduce-LR on plateau with reload of the best weights (always on in the "
                               "initial-weights branch)")
-    reduce_lr_factor: float = setting(0.5, help="on a plateau the lr is multiplied by this")
+    reduce_lr_factor: float = setting(0.5, help="on a plateau the lr is multiplied by this", low=0, high=1,
+                                      low_open=True, high_open=True)
     patience_lr: int | None = setting(None, help="epochs without improvement before the lr is reduced; null = "
-                                      "max(patience // 2, 1)")
+                                      "max(patience // 2, 1)", low=1)
     max_nan_failures: int = setting(3, help="a non-finite loss (on any rank) rolls back to the best weights and "
-                                    "multiplies the lr by `nan_lr_factor`; after this many the run stops with an "
-                                    "error")
-    nan_lr_factor: float = setting(0.5, help="lr factor applied at each non-finite-loss rollback")
+                                    "multiplies the lr by `nan_lr_factor`, this many times; the next one stops the "
+                                    "run with an error (0: the first one does)", low=0)
+    nan_lr_factor: float = setting(0.5, help="lr factor applied at each non-finite-loss rollback", low=0, high=1,
+                                   low_open=True, high_open=True)
     max_steps: int | None = setting(None, help="stop after this many optimizer steps (tests, smoke runs); null = "
-                                    "no limit")
+                                    "no limit", low=1)
 
     def validate(self):
-        if self.batch_size < 1 or self.epochs < 1:
-            raise ConfigError("schedule.batch_size and schedule.epochs must be ≥ 1")
+        check_ranges(self, "schedule")
         if not (self.pretrain or self.finetune or self.initial_weights):
             raise ConfigError("schedule: pretrain and finetune are both false: nothing to train")
-        if self.patience < 1:
-            raise ConfigError(f"schedule.patience: must be ≥ 1, got {self.patience}")
-        if not 0 <= self.test_weight <= 1:
-            raise ConfigError(f"schedule.test_weight: must be in [0, 1], got {self.test_weight}")
+        for phase, enabled, stages in (("pretrain", self.pretrain, self.pretrain_stages),
+                                       ("finetune", self.finetune, self.finetune_stages)):
+            if enabled and stages == []:
+                raise ConfigError(f"schedule.{phase}_stages: empty; give at least one [batch multiplier, lr "
+                                  f"multiplier], null for the original's stages, or set schedule.{phase}: false")
+        if not any(self.loss_weights):
+            raise ConfigError(f"schedule.loss_weights: must not both be 0 (nothing to train on), got "
+                              f"{list(self.loss_weights)}")
 
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = setting(500, help="write `last.pt` this often (also at every stage end and on preemption)")
+    every_steps: int = setting(500, help="write `last.pt` every this many optimizer steps (also at every stage "
+                               "end and on preemption)", low=1)
     resume: str | None = setting(None, help="`auto`: continue from `RUN/checkpoints/last.pt` if it exists; or a "
                                  "checkpoint path")
 
@@ -153,12 +158,12 @@ class RuntimeConfig:
                                                         "on for CUDA, off on CPU")
     tf32: bool = setting(False, help="TF32 matmuls/convolutions on Ampere+ (the errors the schedule selects on "
                          "are ~1e-2, TF32 is ~1e-3)")
-    threads: int | None = setting(None, help="torch CPU threads per rank; null = cores / ranks on the node")
+    threads: int | None = setting(None, help="torch CPU threads per rank; null = cores / ranks on the node", low=1)
     deterministic: bool = setting(False, help="`torch.use_deterministic_algorithms(True)`")
     requeue_signal: str = setting("USR2", help="the Slurm preemption/time-limit warning signal (SIGTERM is "
                                   "handled too)")
-    log_every_steps: int = setting(50, help="off a terminal, a progress line every this many optimizer steps "
-                                  "(a terminal shows a live progress bar)")
+    log_every_steps: int = setting(50, help="off a terminal, a progress line every this many optimizer steps, "
+                                  "0 for none (a terminal shows a live progress bar)", low=0)
 
 
 @dataclass
@@ -166,7 +171,7 @@ class TrainConfig:
     run_dir: str = setting("runs/bcrnet", help="run directory: `config.yaml`, `train.log`, `metrics.jsonl`, "
                            "`results.json`, `checkpoints/`")
     seed: int = setting(0, help="model initialisation, data order and noise (data order and noise depend only on "
-                        "(seed, epoch, sample))")
+                        "(seed, epoch, sample))", low=0, high=SEED_LIMIT)
     data: DataConfig = section(DataConfig, help="the data set, its splits and the input/target preprocessing")
     model: ModelConfig = section(ModelConfig, help="BCR-Net (`bcrdist.models.BCRNet`); input/output sizes come "
                                  "from the data")
