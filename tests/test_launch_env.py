@@ -1,5 +1,6 @@
-"""Launch-environment detection (bcrdist.distributed.launch_env) from explicit environment mappings (the 'mpi' path is
-tested with mpiexec elsewhere)."""
+"""Launch-environment detection and GPU selection (bcrdist.distributed.launch_env) from explicit environment
+mappings and faked device counts (the 'mpi' path is tested with mpiexec elsewhere; hostlists in
+tests/test_hostlist.py)."""
 
 from __future__ import annotations
 
@@ -10,23 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bcrdist.distributed.launch_env import LaunchEnv, LaunchError, detect_environment, parse_nodelist, slurm_port
+from bcrdist.distributed.launch_env import LaunchEnv, LaunchError, cuda_device_index, detect_environment, slurm_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-# ------------------------------------------------------------------------------------- parse_nodelist
-@pytest.mark.parametrize("nodelist, hosts", [
-    ("n[1-2]", ["n1", "n2"]),
-    ("gpu[01-03,07],login", ["gpu01", "gpu02", "gpu03", "gpu07", "login"]),
-    ("a1,b[5]", ["a1", "b5"]),
-    ("single", ["single"]),
-    ("node-[008-011]", ["node-008", "node-009", "node-010", "node-011"]),
-    ("x[9-10]", ["x9", "x10"]),
-    ("c[1,3-4],d[2]", ["c1", "c3", "c4", "d2"]),
-])
-def test_parse_nodelist(nodelist, hosts):
-    assert parse_nodelist(nodelist) == hosts
 
 
 # ----------------------------------------------------------------------------------------- slurm_port
@@ -168,3 +155,117 @@ def test_mpirun_inside_slurm_allocation_is_not_a_slurm_step():
     assert any(v in env for v in envmod.MPI_RANK_VARS)
     env_slurm_consistent = _srun(PMI_SIZE="4", PMI_RANK="3")
     assert detect_environment(env_slurm_consistent).method == "slurm"
+
+
+def test_srun_rendezvous_host_from_multi_bracket_nodelist():
+    """`rack[1-2]-node[01-02]` was once expanded to '1-2]-node01'."""
+    env = _srun(SLURM_STEP_NODELIST="rack[1-2]-node[01-02]")
+    assert detect_environment(env).master_addr == "rack1-node01"
+
+
+# ------------------------------------------------------------------------------------- GPU selection
+def _node(visible: list[list[int]], method: str = "slurm", cgroup: bool = False,
+          **extra) -> list[tuple[LaunchEnv, dict, list[int]]]:
+    """Every rank of one node as (LaunchEnv, environment, physical GPUs it sees) for a binding in which local
+    rank k sees the physical GPUs `visible[k]`: CUDA_VISIBLE_DEVICES names them as Slurm does without device
+    cgroups, or, with `cgroup` (ConstrainDevices=yes), as 0..n-1 of the task's cgroup."""
+    ranks = []
+    n = len(visible)
+    for k, gpus in enumerate(visible):
+        names = range(len(gpus)) if cgroup else gpus
+        env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, names)), **extra}
+        if method == "slurm":
+            env.update(SLURM_PROCID=str(k), SLURM_LOCALID=str(k), SLURM_STEP_ID="0", SLURM_JOB_ID="9")
+        elif method == "submitit":      # submitit's ranks are Slurm tasks that export the torchrun variables
+            env.update(SLURM_PROCID=str(k), SLURM_LOCALID=str(k), SLURM_STEP_ID="0", RANK=str(k), LOCAL_RANK=str(k))
+        else:
+            env.update(TORCHELASTIC_RUN_ID="r", RANK=str(k), LOCAL_RANK=str(k))
+        kind = "slurm" if method == "slurm" else "torchrun"
+        ranks.append((LaunchEnv(kind, k, n, k, "h", 1, n), env, gpus))
+    return ranks
+
+
+GPUS_PER_TASK_1 = {"SLURM_GPUS_PER_TASK": "1"}
+BINDINGS = {
+    # srun --ntasks-per-node=4 --gpus-per-node=4: every task sees the node's 4 GPUs
+    "gpus-per-node": _node([[0, 1, 2, 3]] * 4, SLURM_GPUS_PER_NODE="4"),
+    # srun --gpus-per-task=1: each task sees its own GPU (as cuda:0)
+    "gpus-per-task=1": _node([[0], [1], [2], [3]], **GPUS_PER_TASK_1),
+    # ... with device cgroups (ConstrainDevices=yes) every task's one GPU is device 0 of its cgroup
+    "gpus-per-task=1 (cgroup)": _node([[0], [1], [2], [3]], cgroup=True, **GPUS_PER_TASK_1),
+    # srun --gpus-per-task=2, 4 tasks on 8 GPUs: disjoint pairs
+    "gpus-per-task=2": _node([[0, 1], [2, 3], [4, 5], [6, 7]], SLURM_GPUS_PER_TASK="2"),
+    # --gpus-per-task=1 --gpu-bind=none: the binding is undone, every task sees all
+    "gpus-per-task=1 gpu-bind=none": _node([[0, 1, 2, 3]] * 4, SLURM_GPU_BIND="none", **GPUS_PER_TASK_1),
+    # --gpu-bind=single:1 and --gpu-bind=map_gpu:3,2,1,0: one GPU each
+    "gpu-bind=single:1": _node([[0], [1], [2], [3]], SLURM_GPU_BIND="single:1"),
+    "gpu-bind=map_gpu": _node([[3], [2], [1], [0]], SLURM_GPU_BIND="map_gpu:3,2,1,0"),
+    # --gpu-bind=closest, 2 tasks on 2 sockets of 2 GPUs each
+    "gpu-bind=closest, a task per socket": _node([[0, 1], [2, 3]], SLURM_GPU_BIND="closest"),
+    # a site prolog that sets CUDA_VISIBLE_DEVICES per task, or for the whole job
+    "site CUDA_VISIBLE_DEVICES per task": _node([[5], [6]]),
+    "site CUDA_VISIBLE_DEVICES per job": _node([[4, 5, 6, 7]] * 4),
+    # torchrun --nproc-per-node=4: the workers share their agent's GPUs
+    "torchrun": _node([[0, 1, 2, 3]] * 4, method="torchrun"),
+    # srun --ntasks-per-node=1 --gpus-per-task=4 torchrun --nproc-per-node=4: the same, inside the task's set
+    "srun --gpus-per-task=4 torchrun": _node([[4, 5, 6, 7]] * 4, method="torchrun",
+                                            SLURM_GPUS_PER_TASK="4", SLURM_PROCID="0", SLURM_LOCALID="0",
+                                            SLURM_STEP_ID="0"),
+    # bcrdist submit (submitit) with --gpus-per-task=1 and with --gpus-per-node=2
+    "submitit gpus-per-task=1": _node([[0], [1]], method="submitit", **GPUS_PER_TASK_1),
+    "submitit gpus-per-node": _node([[0, 1]] * 2, method="submitit"),
+}
+
+
+@pytest.mark.parametrize("binding", list(BINDINGS))
+def test_every_rank_of_a_node_gets_its_own_physical_gpu(binding):
+    ranks = BINDINGS[binding]
+    physical = []
+    for env, environ, visible in ranks:
+        index = cuda_device_index(env, len(visible), environ)
+        assert 0 <= index < len(visible)
+        physical.append(visible[index])
+    assert len(set(physical)) == len(ranks), f"{binding}: ranks share GPUs {physical}"
+
+
+@pytest.mark.parametrize("binding, expected", [
+    ("gpus-per-node", [0, 1, 2, 3]), ("gpus-per-task=1", [0, 0, 0, 0]), ("gpus-per-task=2", [0, 1, 0, 0]),
+    ("gpu-bind=map_gpu", [0, 0, 0, 0]), ("torchrun", [0, 1, 2, 3]), ("submitit gpus-per-task=1", [0, 0]),
+])
+def test_device_indices(binding, expected):
+    got = [cuda_device_index(env, len(gpus), e) for env, e, gpus in BINDINGS[binding]]
+    assert got == expected
+
+
+def test_closest_binding_with_more_tasks_than_gpus_per_socket_is_refused():
+    """4 tasks, 2 sockets of 2 GPUs, Slurm's default block:cyclic distribution: tasks 0 and 2 see GPUs 0,1."""
+    ranks = _node([[0, 1], [2, 3], [0, 1], [2, 3]], SLURM_GPU_BIND="closest")
+    assert cuda_device_index(*_args(ranks[1])) == 1
+    with pytest.raises(LaunchError, match="local rank 2 of 4") as err:
+        cuda_device_index(*_args(ranks[2]))
+    msg = str(err.value)
+    assert "CUDA_VISIBLE_DEVICES='0,1'" in msg and "--gpus-per-task=1" in msg and "--gpu-bind=none" in msg
+
+
+def _args(rank):
+    env, environ, gpus = rank
+    return env, len(gpus), environ
+
+
+def test_torchrun_with_more_workers_than_gpus_is_refused():
+    ranks = _node([[0]] * 2, method="torchrun")
+    assert cuda_device_index(*_args(ranks[0])) == 0
+    with pytest.raises(LaunchError, match="local rank 1 of 2.*sees 1 GPU.*--nproc-per-node"):
+        cuda_device_index(*_args(ranks[1]))
+
+
+def test_no_visible_gpu_is_refused():
+    env, environ, _ = _node([[0]])[0]
+    with pytest.raises(LaunchError, match="sees no GPU.*CUDA_VISIBLE_DEVICES=''.*runtime.device: cpu"):
+        cuda_device_index(env, 0, dict(environ, CUDA_VISIBLE_DEVICES=""))
+    with pytest.raises(LaunchError, match="CUDA_VISIBLE_DEVICES unset"):
+        cuda_device_index(LaunchEnv("single", 0, 1, 0), 0, {})
+
+
+def test_single_process_takes_the_first_gpu():
+    assert cuda_device_index(LaunchEnv("single", 0, 1, 0), 8, {}) == 0

@@ -1,16 +1,21 @@
 """`bcrdist demo`: the whole pipeline on a small built-in default, each step a real command.
 
-1. generate the data set (`bcrdist generate`, under `mpiexec -n NPROC` when available; resumes if present),
+1. generate the data set (`bcrdist generate`, under `mpiexec -n NPROC` when mpi4py and mpiexec are installed;
+   resumes if present),
 2. statistics and splits (`bcrdist stats`, `bcrdist split`),
-3. train with NPROC processes (`torchrun --standalone --nproc-per-node NPROC -m bcrdist train ... --resume auto`),
+3. train with NPROC processes (torchrun, as `python -m torch.distributed.run --standalone --nproc-per-node NPROC
+   -m bcrdist train ... --resume auto`, so the same interpreter runs every step),
 4. evaluate on the test split with plots (`bcrdist evaluate`),
 5. the linear Born-inversion baseline on the same split (`bcrdist baseline`),
 then print where the plots and results are and the errors reached. Every command is printed before it runs.
+The configs come with the package (`find_config`), so the demo runs from an installed wheel anywhere;
+`--dir DIR` puts the data and the run directory inside DIR.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shlex
@@ -21,8 +26,24 @@ import time
 from pathlib import Path
 
 from bcrdist.config import load_config
-from bcrdist.errors import BcrdistError
+from bcrdist.errors import BcrdistError, ConfigError
 from bcrdist.train.config import TrainConfig
+
+PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def find_config(path: str | Path) -> Path:
+    """`path` if it exists; else the packaged config of that name, so the documented `configs/demo.yaml`
+    (or `demo.yaml`, `configs/data/demo.yaml`) works from any directory and from an installed wheel."""
+    path = Path(path)
+    if path.exists() or path.is_absolute():
+        return path
+    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    packaged = PACKAGED_CONFIGS.joinpath(*parts) if parts else PACKAGED_CONFIGS
+    if packaged.is_file():
+        return packaged
+    known = sorted(str(p.relative_to(PACKAGED_CONFIGS)) for p in PACKAGED_CONFIGS.rglob("*.yaml"))
+    raise ConfigError(f"{path}: config file not found, here or among bcrdist's configs ({', '.join(known)})")
 
 
 class StepFailed(BcrdistError):
@@ -30,8 +51,14 @@ class StepFailed(BcrdistError):
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="configs/demo.yaml", help="training config (default configs/demo.yaml)")
-    p.add_argument("--data-config", default="configs/data/demo.yaml", help="data-generation config")
+    p.add_argument("--config", default="configs/demo.yaml",
+                   help="training config (default configs/demo.yaml; a path not found here is looked up in "
+                        "bcrdist's packaged configs)")
+    p.add_argument("--data-config", default="configs/data/demo.yaml",
+                   help="data-generation config (default configs/data/demo.yaml, looked up the same way)")
+    p.add_argument("--dir", metavar="DIR",
+                   help="put the data set and the run inside DIR (the config's relative data.path and run_dir "
+                        "are taken in DIR; default: the current directory)")
     p.add_argument("--nproc", type=int, default=2, help="processes for generation and training")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="training config override (repeatable)")
@@ -51,27 +78,32 @@ def step(title: str, cmd: list[str]) -> None:
     print(f"   ({time.time() - t0:.0f} s)", flush=True)
 
 
+def _inside(directory: str | None, path: str) -> Path:
+    return Path(directory) / path if directory and not Path(path).is_absolute() else Path(path)
+
+
 def run_demo(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, TrainConfig, args.overrides)
-    data, run_dir = Path(cfg.data.path), Path(cfg.run_dir)
+    config, data_config = find_config(args.config), find_config(args.data_config)
+    cfg = load_config(config, TrainConfig, args.overrides)
+    data, run_dir = _inside(args.dir, cfg.data.path), _inside(args.dir, cfg.run_dir)
+    overrides = list(args.overrides) + ([f"data.path={data}", f"run_dir={run_dir}"] if args.dir else [])
     py = [sys.executable, "-m", "bcrdist"]
     bindir = Path(sys.executable).parent
     mpiexec = shutil.which("mpiexec", path=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
     t0 = time.time()
 
-    gen = py + ["generate", "--config", args.data_config, "--out", str(data)]
+    gen = py + ["generate", "--config", str(data_config), "--out", str(data)]
     gen += [a for kv in args.data_overrides for a in ("--set", kv)]
-    if args.nproc > 1 and mpiexec:
+    if args.nproc > 1 and mpiexec and importlib.util.find_spec("mpi4py") is not None:
         gen = [mpiexec, "-n", str(args.nproc)] + gen
     step("1/5 generate the data set", gen)
     step("2/5 statistics", py + ["stats", str(data)])
     if not (data / "splits" / "train.json").is_file():
         step("2/5 splits", py + ["split", str(data), "--percent", "0.8", "--val", str(args.val)])
 
-    torchrun = bindir / "torchrun"
-    train = [str(torchrun) if torchrun.exists() else "torchrun", "--standalone", f"--nproc-per-node={args.nproc}",
-             "-m", "bcrdist", "train", "--config", args.config, "--resume", "auto"]
-    train += [a for kv in args.overrides for a in ("--set", kv)]
+    train = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+             "-m", "bcrdist", "train", "--config", str(config), "--resume", "auto"]
+    train += [a for kv in overrides for a in ("--set", kv)]
     step(f"3/5 train BCR-Net with {args.nproc} processes", train)
 
     eval_dir = run_dir / "eval-test"

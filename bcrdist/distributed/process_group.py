@@ -1,8 +1,8 @@
 """Process-group setup and the few collectives the trainer needs, valid for one process too.
 
-`init_distributed()` detects the launcher (`bcrdist.distributed.launch_env`), initialises torch.distributed (nccl with
-device = local rank on CUDA, gloo on CPU) and returns a `DistContext`. Every collective helper here is a
-no-op for one process, so the training loop has one code path.
+`init_distributed()` detects the launcher (`bcrdist.distributed.launch_env`), initialises torch.distributed (nccl on
+the GPU `cuda_device_index` picks for this rank's Slurm binding, gloo on CPU) and returns a `DistContext`.
+Every collective helper here is a no-op for one process, so the training loop has one code path.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from bcrdist.distributed.launch_env import LaunchEnv, LaunchError, detect_environment
+from bcrdist.distributed.launch_env import LaunchEnv, LaunchError, cuda_device_index, detect_environment
 
 
 @dataclass
@@ -88,19 +88,15 @@ class DistContext:
 def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistContext:
     """Detect the launcher and initialise the process group.
 
-    `device`: 'auto' (CUDA device `local_rank` if available, else CPU), 'cpu' or 'cuda'.
+    `device`: 'auto' (this rank's GPU if CUDA is available, else CPU), 'cpu' or 'cuda'.
     """
     env = detect_environment()
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
         if not torch.cuda.is_available():
             raise LaunchError("device 'cuda' requested but CUDA is not available")
-        n = torch.cuda.device_count()
-        if env.local_rank >= n:
-            raise LaunchError(f"local rank {env.local_rank} has no GPU: this node has {n} visible GPU(s); "
-                              "start one task per GPU (--ntasks-per-node = GPUs per node)")
-        torch.cuda.set_device(env.local_rank)
-        dev = torch.device("cuda", env.local_rank)
+        dev = torch.device("cuda", cuda_device_index(env, torch.cuda.device_count(), os.environ))
+        torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
     ctx = DistContext(env, dev)
