@@ -372,6 +372,23 @@ def apply_overrides(data: dict, overrides: list[str] | None, where: str) -> dict
     return data
 
 
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def find_config(path: str | Path) -> Path:
+    """`path` if it exists; else the packaged config of that name, so the documented `configs/demo.yaml`
+    (or `demo.yaml`, `configs/data/demo.yaml`) works from any directory and from an installed wheel."""
+    path = Path(path)
+    if path.exists() or path.is_absolute():
+        return path
+    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    packaged = PACKAGED_CONFIGS.joinpath(*parts) if parts else PACKAGED_CONFIGS
+    if packaged.is_file():
+        return packaged
+    known = sorted(str(p.relative_to(PACKAGED_CONFIGS)) for p in PACKAGED_CONFIGS.rglob("*.yaml"))
+    raise ConfigError(f"{path}: config file not found, here or among bcrdist's configs ({', '.join(known)})")
+
+
 def read_yaml(path: str | Path) -> dict:
     """Read a YAML mapping; a missing file, bad syntax or a non-mapping top level is a ConfigError."""
     path = Path(path)
@@ -392,6 +409,8 @@ def read_yaml(path: str | Path) -> dict:
 
 def load_config(path: str | Path | None, cls: type[T], overrides: list[str] | None = None) -> T:
     """Load YAML file `path` (or nothing) plus `overrides` into dataclass `cls`, validated."""
+    if path is not None:
+        path = find_config(path)
     data = read_yaml(path) if path is not None else {}
     source = str(path) if path is not None else "config"
     apply_overrides(data, overrides, source)

@@ -25,26 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-from bcrdist.config import load_config
+from bcrdist.config import find_config, load_config
 from bcrdist.errors import BcrdistError, ConfigError
 from bcrdist.train.config import TrainConfig
-
-PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def find_config(path: str | Path) -> Path:
-    """`path` if it exists; else the packaged config of that name, so the documented `configs/demo.yaml`
-    (or `demo.yaml`, `configs/data/demo.yaml`) works from any directory and from an installed wheel."""
-    path = Path(path)
-    if path.exists() or path.is_absolute():
-        return path
-    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
-    packaged = PACKAGED_CONFIGS.joinpath(*parts) if parts else PACKAGED_CONFIGS
-    if packaged.is_file():
-        return packaged
-    known = sorted(str(p.relative_to(PACKAGED_CONFIGS)) for p in PACKAGED_CONFIGS.rglob("*.yaml"))
-    raise ConfigError(f"{path}: config file not found, here or among bcrdist's configs ({', '.join(known)})")
-
 
 class StepFailed(BcrdistError):
     """A pipeline step exited non-zero."""

@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bcrdist.cli.demo import find_config
-from bcrdist.config import load_config
+from bcrdist.config import find_config, load_config
 from bcrdist.errors import ConfigError
 from bcrdist.launch.submit import (SLURM_CONFIG_VAR, batch_script, check_configs, load_resources, make_executor,
                                    submit, sweep_configs, wait_and_report)

@@ -47,7 +47,13 @@ def world():
     """`MPI.COMM_WORLD` when launched by MPI, else a `SerialComm` (never initialises MPI in a plain process)."""
     if not launched_by_mpi():
         return SerialComm()
-    from mpi4py import MPI
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        from bcrdist.errors import BcrdistError
+
+        raise BcrdistError("an MPI launcher started this process but mpi4py is not installed: pip install "
+                           "'bcrdist[mpi]' (docs/slurm.md: using the site's MPI)") from None
 
     check_srun_world(MPI.COMM_WORLD.Get_size())
     return MPI.COMM_WORLD

@@ -167,6 +167,12 @@ class RuntimeConfig:
 
 
 @dataclass
+class LoggingConfig:
+    tensorboard: bool = setting(False, help="also write TensorBoard event files to `RUN/tensorboard/` (rank 0; "
+                                "needs `pip install 'bcrdist[tensorboard]'`)")
+
+
+@dataclass
 class TrainConfig:
     run_dir: str = setting("runs/bcrnet", help="run directory: `config.yaml`, `train.log`, `metrics.jsonl`, "
                            "`results.json`, `checkpoints/`")
@@ -181,6 +187,8 @@ class TrainConfig:
     checkpoint: CheckpointConfig = section(CheckpointConfig, help="when `last.pt` is written and where a run "
                                            "resumes from")
     runtime: RuntimeConfig = section(RuntimeConfig, help="device, precision, compilation, threads and signals")
+    logging: LoggingConfig = section(LoggingConfig, help="experiment logs beyond `train.log`, `metrics.jsonl` and "
+                                     "`metrics.csv`")
     results_table: str | None = setting("results.tsv", help="one tab-separated row per run appended here "
                                         "(relative paths: next to `run_dir`), like the original's "
                                         "`tr2dInvNoise.txt`; null for none")
