@@ -2,12 +2,14 @@
 checkpoints, results).
 
 A file is written under a hidden temporary name in its own directory, flushed to disk and renamed over the
-final name, so an interrupted writer never leaves a file that looks complete.
+final name, so an interrupted writer never leaves a file that looks complete. A failed write (disk full, I/O
+error) removes the temporary and raises an OSError whose message is one line naming the final file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -15,6 +17,24 @@ import pathlib
 from typing import Any, BinaryIO, Callable
 
 PathLike = str | os.PathLike
+
+
+def one_line(text: Any) -> str:
+    """`text` with every run of whitespace (HDF5 messages hold newlines) made one space."""
+    return " ".join(str(text).split())
+
+
+def os_message(exc: OSError) -> str:
+    """One line for an OSError: "FILE: reason" when it names a file, else its reason (no "[Errno N]")."""
+    if exc.filename is not None and exc.strerror:
+        return one_line(f"{exc.filename}: {exc.strerror}")
+    return one_line(exc.strerror or exc)
+
+
+def write_error(path: PathLike, exc: OSError) -> OSError:
+    """An OSError of the same kind (errno) as `exc` saying, in one line, that writing `path` failed."""
+    reason = exc.strerror or one_line(exc) or type(exc).__name__
+    return OSError(exc.errno, f"{path}: cannot write: {one_line(reason)}")
 
 
 def fsync_dir(directory: PathLike) -> None:
@@ -59,19 +79,76 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> pathlib.P
     gets the usual mode (0666 less the umask), so a shared run directory stays readable by the group.
     """
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, exc) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
     return path
+
+
+def atomic_write_held(path: PathLike, write: Callable[["HeldErrorFile"], None]) -> pathlib.Path:
+    """`atomic_write` for writers that must not meet an error half-way, HDF5 above all:
+    `write(raw)` writes into a `HeldErrorFile` (e.g. `with h5py.File(raw, "w") as fh: …`) and may stop early
+    once `raw.error` is set; the held error is raised afterwards, as one line naming `path`."""
+    path = pathlib.Path(path)
+    tmp = temp_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with HeldErrorFile(tmp) as raw:
+            write(raw)
+        if raw.error is not None:
+            raise raw.error
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, exc) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_files(contents: dict[pathlib.Path, bytes]) -> list[pathlib.Path]:
+    """Write several files so that a failure leaves all of the old ones: every temporary is written and
+    fsynced first, and only then are they renamed into place (renames do not need space)."""
+    temps: dict[pathlib.Path, pathlib.Path] = {}
+    current = None
+    try:
+        for path, data in contents.items():
+            current = pathlib.Path(path)
+            current.parent.mkdir(parents=True, exist_ok=True)
+            temps[current] = temp_path(current)
+            with open(temps[current], "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for path, tmp in temps.items():
+            current = path
+            os.replace(tmp, path)
+    except OSError as exc:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+        raise write_error(current, exc) from None
+    except BaseException:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    for directory in {p.parent for p in temps}:
+        fsync_dir(directory)
+    return list(temps)
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> pathlib.Path:
@@ -97,16 +174,109 @@ def atomic_write_json(path: PathLike, obj: Any) -> pathlib.Path:
 
 def file_sha256(path: PathLike, chunk_bytes: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes, read in `chunk_bytes` pieces."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return fd_sha256(fd, chunk_bytes)
+    finally:
+        os.close(fd)
+
+
+def fd_sha256(fd: int, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of the whole file open as `fd` (positional reads: the descriptor's offset is untouched)."""
     digest = hashlib.sha256()
-    buf = bytearray(chunk_bytes)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while True:
-            n = fh.readinto(view)
-            if not n:
-                break
-            digest.update(view[:n])
+    view = memoryview(bytearray(chunk_bytes))
+    offset = 0
+    while n := os.preadv(fd, [view], offset):
+        digest.update(view[:n])
+        offset += n
     return digest.hexdigest()
+
+
+class HeldErrorFile(io.RawIOBase):
+    """A file for h5py to write through (`h5py.File(HeldErrorFile(path), "w")`) that never fails under it.
+
+    When HDF5 itself meets a write error (disk full, I/O error) it cannot close the file any more: every
+    later flush fails again, h5py prints a traceback for each object it finalises and the process may end in
+    a segmentation fault. Here the first OSError is held instead (`error`), HDF5 carries on undisturbed and
+    closes the file, and the caller raises the error afterwards (see `atomic_write_held`). Writes after the
+    error are kept in memory, so that what HDF5 reads back is what it wrote; the caller stops writing data
+    as soon as `error` is set, which bounds that memory by one slab plus HDF5's caches.
+    """
+
+    def __init__(self, path: PathLike):
+        super().__init__()
+        self.path = pathlib.Path(path)
+        self.error: OSError | None = None
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+        self._pos = 0
+        self._held: list[tuple[int, bytes]] = []
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def _size(self) -> int:
+        return max([os.fstat(self._fd).st_size] + [off + len(data) for off, data in self._held])
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        self._pos = pos + (0 if whence == os.SEEK_SET else self._pos if whence == os.SEEK_CUR else self._size())
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        """Fill all of `buffer`: h5py's driver wants every byte it asks for, and HDF5 reads space it
+        allocated but did not write yet as zeros (as its POSIX driver does)."""
+        view = memoryview(buffer).cast("B")
+        n = os.preadv(self._fd, [view], self._pos)
+        view[n:] = bytes(len(view) - n)
+        for off, data in self._held:
+            lo, hi = max(off, self._pos), min(off + len(data), self._pos + len(view))
+            if lo < hi:
+                view[lo - self._pos:hi - self._pos] = data[lo - off:hi - off]
+        self._pos += len(view)
+        return len(view)
+
+    def readall(self) -> bytes:
+        raise io.UnsupportedOperation(f"{self.path}: read a given number of bytes")
+
+    def write(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        if self.error is None:
+            try:
+                done = 0
+                while done < len(view):
+                    done += os.pwrite(self._fd, view[done:], self._pos + done)
+            except OSError as exc:
+                self.error = exc
+        if self.error is not None:
+            self._held.append((self._pos, bytes(view)))
+        self._pos += len(view)
+        return len(view)
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self._pos if size is None else size
+        if self.error is None:
+            try:
+                os.ftruncate(self._fd, size)
+            except OSError as exc:
+                self.error = exc
+        return size
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        super().close()
 
 
 def json_safe(obj):

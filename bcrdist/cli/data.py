@@ -6,14 +6,30 @@
 - `bcrdist split DATA`: write train/test (and validation) split files for a sharded data set.
 - `bcrdist stats DATA`: streaming min/max/mean/std per field, stored into the manifest.
 
-Under mpiexec/srun, shard, verify and stats share the shards among the ranks.
+Under mpiexec/srun, shard, verify and stats share the shards among the ranks. None of them replaces another
+data set, existing splits or an existing merged file without `--overwrite`; a failed write (disk full, I/O
+error) is one line naming the file, with the files that were there before left intact.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from typing import Callable
+from typing import Callable, Iterator
+
+from bcrdist.errors import DataError
+
+
+@contextlib.contextmanager
+def one_line_os_errors() -> Iterator[None]:
+    """Report an OSError the data tools did not name already (permissions, …) as a one-line DataError."""
+    from bcrdist.fileio import os_message
+
+    try:
+        yield
+    except OSError as exc:
+        raise DataError(os_message(exc)) from None
 
 
 def progress(comm, quiet: bool) -> Callable[[str], None]:
@@ -53,6 +69,9 @@ def add_shard_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slab-mb", type=megabytes, default=256 << 20, dest="slab_bytes", metavar="MB",
                         help="copy each dataset in slabs of about this size; peak memory is a few slabs (default 256)")
     parser.add_argument("--allow-nonfinite", action="store_true", help="accept NaN/inf values in the source")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="OUT holds another data set: delete it (manifest, shards, its splits) and convert "
+                             "(default: refuse)")
     parser.add_argument("--quiet", action="store_true", help="no per-shard progress lines")
 
 
@@ -61,8 +80,10 @@ def run_shard(args: argparse.Namespace) -> int:
     from bcrdist.distributed.mpi import world
 
     comm = world()
-    shard_file(args.src, args.out, args.samples_per_shard, layout=args.layout, slab_bytes=args.slab_bytes,
-               allow_nonfinite=args.allow_nonfinite, comm=comm, log=progress(comm, args.quiet))
+    with one_line_os_errors():
+        shard_file(args.src, args.out, args.samples_per_shard, layout=args.layout, slab_bytes=args.slab_bytes,
+                   allow_nonfinite=args.allow_nonfinite, overwrite=args.overwrite, comm=comm,
+                   log=progress(comm, args.quiet))
     return 0
 
 
@@ -79,8 +100,9 @@ def run_verify(args: argparse.Namespace) -> int:
     from bcrdist.data.verify import verify_dataset
 
     comm = world()
-    problems = verify_dataset(args.data, checksums=not args.no_checksums, scan=not args.no_scan, comm=comm,
-                              log=progress(comm, args.quiet))
+    with one_line_os_errors():
+        problems = verify_dataset(args.data, checksums=not args.no_checksums, scan=not args.no_scan, comm=comm,
+                                  log=progress(comm, args.quiet))
     if comm.rank != 0:
         return 2 if problems else 0
     if problems:
@@ -105,8 +127,9 @@ def add_merge_arguments(parser: argparse.ArgumentParser) -> None:
 def run_merge(args: argparse.Namespace) -> int:
     from bcrdist.data.merge import merge_dataset
 
-    out = merge_dataset(args.data, args.out, layout=args.layout, overwrite=args.overwrite,
-                        slab_bytes=args.slab_bytes)
+    with one_line_os_errors():
+        out = merge_dataset(args.data, args.out, layout=args.layout, overwrite=args.overwrite,
+                            slab_bytes=args.slab_bytes)
     print(f"wrote {out}")
     return 0
 
@@ -124,14 +147,17 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random split (default 0)")
     parser.add_argument("--out", default=None, metavar="DIR", help="directory for the split files "
                         "(default DATA/splits, where readers find them by name)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing split files that differ (default: refuse; identical ones are kept)")
 
 
 def run_split(args: argparse.Namespace) -> int:
     from bcrdist.data.splits import load_split, parse_fraction, write_splits
     from bcrdist.data.format import read_manifest
 
-    paths = write_splits(args.data, parse_fraction(args.percent), val=args.val, random=args.random,
-                         seed=args.seed, out_dir=args.out)
+    with one_line_os_errors():
+        paths = write_splits(args.data, parse_fraction(args.percent), val=args.val, random=args.random,
+                             seed=args.seed, out_dir=args.out, overwrite=args.overwrite)
     manifest = read_manifest(args.data)
     for name, path in paths.items():
         print(f"{name}: {len(load_split(manifest, path))} samples → {path}")
@@ -149,7 +175,8 @@ def run_stats(args: argparse.Namespace) -> int:
     from bcrdist.data.stats import store_statistics
 
     comm = world()
-    stats = store_statistics(args.data, comm=comm, slab_bytes=args.slab_bytes)
+    with one_line_os_errors():
+        stats = store_statistics(args.data, comm=comm, slab_bytes=args.slab_bytes)
     if comm.rank == 0:
         print(f"{'field':<16} {'count':>12} {'min':>13} {'max':>13} {'mean':>13} {'std':>13} {'nonfinite':>9}")
         for field, s in stats.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bcrdist.cli.data import one_line_os_errors
 from bcrdist.config import load_config
 from bcrdist.errors import ConfigError
 
@@ -27,7 +28,8 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise ConfigError(f"--threads: must be ≥ 1, got {args.threads}")
     cfg = load_config(args.config, GenerationConfig, args.overrides)
-    summary = generate(cfg, args.out, threads=args.threads, progress=not args.quiet)
+    with one_line_os_errors():
+        summary = generate(cfg, args.out, threads=args.threads, progress=not args.quiet)
     if not args.quiet and world().rank == 0:
         rate = summary["seconds"] / max(1, summary["written"])
         print(f"bcrdist generate: {summary['samples']} samples in {summary['shards']} shards at {args.out} "

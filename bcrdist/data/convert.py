@@ -14,11 +14,16 @@ far-field layout reads a column slab across all M rows and transposes it). Shard
 mpiexec/srun rank r converts shards r, r+size, …; an interrupted run is resumed by running it again
 (complete shards from the same source are kept). The manifest, with statistics and the source layout needed
 by `merge`, is written last.
+
+An output folder that holds another data set (a manifest made otherwise, shards of another source or of
+another shard size) is refused; `overwrite=True` removes that data set (manifest, shards, side files, and
+its split files in `splits/`) first.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import pathlib
 import time
@@ -32,6 +37,7 @@ from bcrdist.data.format import (MANIFEST_NAME, ShardWriter, existing_shard, ope
 from bcrdist.distributed.mpi import gather_or_raise, world
 from bcrdist.data.stats import merge_statistics, shard_statistics
 from bcrdist.errors import ConfigError, DataError
+from bcrdist.fileio import one_line, os_message
 
 SLAB_BYTES = 256 << 20
 FAN_REQUIRED = {"measure": 3, "coe": 3}
@@ -191,7 +197,7 @@ def _read_slab(fh: h5py.File, field: ShardField, start: int, stop: int) -> np.nd
         parts = [fh[s][:, start:stop] if field.columns else fh[s][start:stop] for s in field.sources]
     except OSError as exc:
         raise DataError(f"{src}: dataset {field.sources[0]!r}: read failed at samples {start}–{stop - 1} "
-                        f"(truncated or corrupt?): {exc}") from None
+                        f"(truncated or corrupt?): {one_line(exc)}") from None
     if field.columns:
         parts = [p.T.reshape(stop - start, *field.sample_shape) for p in parts]
     if len(parts) == 1:
@@ -223,6 +229,60 @@ def _matches(path: pathlib.Path, fields: list[ShardField], source_id: dict) -> b
         return False
 
 
+def other_data_set(out: pathlib.Path, planned: list[str], fields: list[ShardField], source_id: dict,
+                   config: dict) -> str | None:
+    """Why `out` holds a data set other than the one this conversion makes; None when it holds nothing or
+    this one (an interrupted or repeated run). Unreadable shards count as broken pieces of this one."""
+    strays = sorted(p.name for p in out.glob("shard-*.h5") if p.name not in planned)
+    if strays:
+        return f"{out}: holds {strays[0]} which this conversion would not produce"
+    manifest = out / MANIFEST_NAME
+    if manifest.exists():
+        try:
+            provenance = json.loads(manifest.read_text()).get("provenance") or {}
+            made = {"tool": provenance.get("tool"), "source": provenance.get("source"),
+                    **{key: (provenance.get("config") or {}).get(key) for key in config}}
+        except (OSError, ValueError, AttributeError):
+            return f"{manifest}: an unreadable manifest of an unknown data set"
+        wanted = {"tool": "bcrdist shard", "source": source_id["source"], **config}
+        differ = [f"{key} {made[key]!r}, this conversion {wanted[key]!r}" for key in wanted if made[key] != wanted[key]]
+        if differ:
+            return f"{manifest}: holds another data set ({'; '.join(differ)})"
+    for name in planned:
+        path = out / name
+        try:
+            with h5py.File(path, "r") as fh:
+                made_from = {key: fh.attrs.get(key) for key in source_id}
+        except OSError:
+            continue
+        if not _matches(path, fields, source_id):
+            if made_from.get("source") is None:
+                return f"{path}: a shard not made by `bcrdist shard`"
+            return (f"{path}: made from {made_from['source']} ({made_from.get('source_bytes')} bytes, mtime_ns "
+                    f"{made_from.get('source_mtime_ns')}), not from this source as it is now")
+    return None
+
+
+def remove_data_set(out: pathlib.Path) -> None:
+    """Delete the data set in `out`: the manifest first (the folder then no longer claims a complete data
+    set), then shards and side files, then those split files in `out/splits` that were made for it."""
+    manifest = out / MANIFEST_NAME
+    try:
+        old_id = json.loads(manifest.read_text()).get("dataset_id")
+    except (OSError, ValueError, AttributeError):
+        old_id = None
+    manifest.unlink(missing_ok=True)
+    for path in sorted(out.glob("shard-*.h5")) + sorted(out.glob("shard-*.h5.json")):
+        path.unlink(missing_ok=True)
+    for path in sorted((out / "splits").glob("*.json")) if old_id else []:
+        try:
+            made_for = json.loads(path.read_text()).get("dataset_id")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if made_for == old_id:
+            path.unlink()
+
+
 def convert_shard(fh: h5py.File, fields: list[ShardField], out_dir: pathlib.Path, shard: int, first: int,
                   count: int, *, slab_bytes: int, allow_nonfinite: bool, source_id: dict) -> dict:
     """Write shard `shard` holding source samples [first, first + count); returns its info."""
@@ -241,9 +301,12 @@ def convert_shard(fh: h5py.File, fields: list[ShardField], out_dir: pathlib.Path
 
 
 def shard_file(src, out, samples_per_shard: int, *, layout: str = "auto", slab_bytes: int = SLAB_BYTES,
-               allow_nonfinite: bool = False, comm=None,
+               allow_nonfinite: bool = False, overwrite: bool = False, comm=None,
                log: Callable[[str], None] = lambda _: None) -> pathlib.Path:
-    """Convert `src` into the sharded data set `out` (created if needed); returns the manifest path."""
+    """Convert `src` into the sharded data set `out` (created if needed); returns the manifest path.
+
+    `overwrite`: replace another data set found in `out` (see the module docstring) instead of refusing.
+    """
     comm = comm if comm is not None else world()
     src, out = pathlib.Path(src).resolve(), pathlib.Path(out)
     if samples_per_shard < 1:
@@ -256,14 +319,24 @@ def shard_file(src, out, samples_per_shard: int, *, layout: str = "auto", slab_b
         plan = [(i, first, min(samples_per_shard, n - first))
                 for i, first in enumerate(range(0, n, samples_per_shard))]
         # every rank checks (and fails) alike, so no rank waits for one that raised
-        out.mkdir(parents=True, exist_ok=True)
-        planned = {shard_name(i) for i, _, _ in plan}
-        strays = sorted(p.name for p in out.glob("shard-*.h5") if p.name not in planned)
-        if strays:
-            raise DataError(f"{out}: holds {strays[0]} which this conversion would not produce; use an "
-                            "empty directory")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(f"{out}: cannot create the folder: {exc.strerror or one_line(exc)}") from None
         stat = src.stat()
         source_id = {"source": str(src), "source_bytes": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}
+        config = {"samples_per_shard": samples_per_shard, "layout": layout, "allow_nonfinite": allow_nonfinite}
+        other = other_data_set(out, [shard_name(i) for i, _, _ in plan], fields, source_id, config)
+        if other and not overwrite:
+            raise DataError(f"{other}; use an empty folder, or pass --overwrite to replace the data set in {out}")
+        error = None
+        if other and comm.rank == 0:
+            log(f"{out}: removing the data set there (--overwrite): {other}")
+            try:
+                remove_data_set(out)
+            except OSError as exc:
+                error = DataError(f"{out}: cannot remove the old data set: {os_message(exc)}")
+        gather_or_raise(comm, None, error)      # nobody writes before the old data set is gone
         infos, stats, error = [], {}, None
         try:
             for i, first, count in plan[comm.rank::comm.size]:
@@ -276,25 +349,26 @@ def shard_file(src, out, samples_per_shard: int, *, layout: str = "auto", slab_b
                     log(f"{info['file']}: samples {first}–{first + count - 1} written")
                 infos.append(info)
         except (DataError, OSError) as exc:
-            error = exc if isinstance(exc, DataError) else DataError(f"{out}: {exc}")
+            error = exc if isinstance(exc, DataError) else DataError(f"{out}: {os_message(exc)}")
     all_infos = [info for part in gather_or_raise(comm, infos, error) for info in part]
     dtypes = {f.name: f.dtype for f in fields}
     try:
         for info in infos:
             stats[info["first_index"]] = shard_statistics(out / info["file"], dtypes, slab_bytes)
     except (DataError, OSError) as exc:
-        error = exc if isinstance(exc, DataError) else DataError(f"{out}: {exc}")
+        error = exc if isinstance(exc, DataError) else DataError(f"{out}: {os_message(exc)}")
     per_shard = {}
     for part in gather_or_raise(comm, stats, error):
         per_shard.update(part)
-    manifest_path = out / MANIFEST_NAME
+    manifest_path, error = out / MANIFEST_NAME, None
     if comm.rank == 0:
-        provenance = {"tool": "bcrdist shard", "source": str(src), "seed": None,
-                      "config": {"samples_per_shard": samples_per_shard, "layout": layout,
-                                 "allow_nonfinite": allow_nonfinite},
+        provenance = {"tool": "bcrdist shard", "source": str(src), "seed": None, "config": config,
                       "mpi_ranks": comm.size, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        manifest_path = write_manifest(out, all_infos, provenance=provenance, layout=record,
-                                       statistics=merge_statistics(per_shard))
-        log(f"{out}: {n} samples in {len(plan)} shards ({layout} layout) in {time.monotonic() - started:.1f} s")
-    comm.barrier()
+        try:
+            write_manifest(out, all_infos, provenance=provenance, layout=record,
+                           statistics=merge_statistics(per_shard))
+            log(f"{out}: {n} samples in {len(plan)} shards ({layout} layout) in {time.monotonic() - started:.1f} s")
+        except DataError as exc:
+            error = exc
+    gather_or_raise(comm, None, error)
     return manifest_path

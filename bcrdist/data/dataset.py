@@ -30,7 +30,7 @@ from bcrdist.data.format import read_manifest
 from bcrdist.data.loader import ShardedLoader
 from bcrdist.data.order import default_block_size, epoch_order
 from bcrdist.data.preprocess import Preprocess, Preprocessor
-from bcrdist.data.shard_io import BufferArenas, ShardPool
+from bcrdist.data.shard_io import BufferArenas, ShardChecks, ShardPool
 from bcrdist.data.splits import load_split
 from bcrdist.errors import ConfigError, DataError
 
@@ -69,7 +69,10 @@ class ShardedDataset(IterableDataset):
     {"index", <dataset>: (B, …) raw array, …} for `datasets`, default all); `block_size` samples per contiguous
     read block (default ≈ 4 MiB of data), `shuffle_blocks` blocks per shuffle window (default 8);
     `preload` reads the whole split into memory once (in this process, before workers fork, so they share it);
-    `max_open_shards` bounds the open files per process.
+    `max_open_shards` bounds the open files per process; `verify` (default True) checks every shard before
+    its first sample is used — SHA-256 against the manifest, and no NaN/inf in this split's samples unless
+    the manifest's statistics count none (`bcrdist.data.shard_io.ShardChecks`; False only to measure the
+    reader without them); `split_name` names the split in those messages when `split` is an index array.
 
     Each batch is a dict of tensors; "index" (B,) int64 holds the global sample indices. Iterate directly, via
     `loader()` (prefetch thread or worker processes, pinned memory, exact `state_dict`), or through a
@@ -81,7 +84,7 @@ class ShardedDataset(IterableDataset):
                  shuffle: bool = True, drop_last: bool = True, exact: bool = False, batch_size: int = 32,
                  preprocess: Preprocess | None = None, datasets: list[str] | None = None,
                  block_size: int | None = None, shuffle_blocks: int = 8, preload: bool = False,
-                 max_open_shards: int = 64):
+                 max_open_shards: int = 64, verify: bool = True, split_name: str | None = None):
         super().__init__()
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank {rank} is outside [0, world_size={world_size})")
@@ -110,7 +113,12 @@ class ShardedDataset(IterableDataset):
         self.block_size = int(block_size) if block_size is not None else default_block_size(sample_nbytes)
         self.shuffle_blocks = int(shuffle_blocks)
         self.part = self._part(self.rank)
-        self._pool = ShardPool(self.manifest, self.datasets, max_open_shards)
+        # which shards passed the checks: in shared memory, so DataLoader workers (re-created every epoch)
+        # check each shard once, not once per epoch
+        self._passed = torch.zeros((len(self.manifest.shards), 6), dtype=torch.int64).share_memory_()
+        checks = ShardChecks(self.manifest, self.datasets, self.indices, self._describe(split, split_name),
+                             self._passed) if verify else None
+        self._pool = ShardPool(self.manifest, self.datasets, max_open_shards, checks)
         self._arenas = BufferArenas({d: (self.manifest.datasets[d].shape, self.manifest.datasets[d].dtype)
                                 for d in self.datasets}, self.block_size * self.shuffle_blocks + self.batch_size)
         self._preloaded: dict[str, np.ndarray] | None = None
@@ -124,6 +132,16 @@ class ShardedDataset(IterableDataset):
         self._shared = torch.zeros(2, dtype=torch.int64).share_memory_()
         self._consumed = 0
         self._plan: tuple[int, np.ndarray, np.ndarray] | None = None
+
+    def _describe(self, split, split_name: str | None) -> str:
+        """How messages name this reader's samples: "split 'train' of data/ds"."""
+        if split_name is not None:
+            return f"split {split_name!r} of {self.manifest.root}"
+        if split is None:
+            return f"data set {self.manifest.root} (all samples)"
+        if isinstance(split, np.ndarray):
+            return f"the reader's split of {len(self.indices)} samples of {self.manifest.root}"
+        return f"split {str(split)!r} of {self.manifest.root}"
 
     # --- partition --------------------------------------------------------------------------------------
 

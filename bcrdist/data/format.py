@@ -13,6 +13,9 @@ The writer API used by the sharding tool and by the data generator:
 Every file is written under a temporary name in the same directory, fsynced and renamed, so an interrupted
 writer never leaves a file that looks complete. A shard's SHA-256 also goes into a small side file
 `shard-NNNNN.h5.json`, written after the shard itself; `existing_shard` trusts a shard only when both agree.
+A write that fails (disk full, I/O error) raises a one-line DataError naming the file and leaves the files
+that were there before untouched. Shard entries of a manifest are file names relative to the data-set folder;
+`..` and absolute paths are refused, so a manifest cannot make a reader open files of another data set.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ import h5py
 import numpy as np
 
 from bcrdist.errors import DataError
-from bcrdist.fileio import (PathLike, atomic_write_json, file_sha256, fsync_file,
-                            remove_stale_temps, temp_path)
+from bcrdist.fileio import (HeldErrorFile, PathLike, atomic_write_json, fd_sha256, file_sha256, fsync_file,
+                            one_line, os_message, remove_stale_temps, temp_path)
 
 FORMAT_NAME = "bcrdist-sharded-hdf5"
 FORMAT_VERSION = 1
@@ -81,7 +84,9 @@ class ShardWriter:
             w.write("measure", 0, slab)            # slab (k, Ns, Nd); slabs in order
             info = w.commit()
 
-    Leaving the block without `commit()` (or with an exception) deletes the temporary file.
+    Leaving the block without `commit()` (or with an exception) deletes the temporary file. HDF5 writes
+    through a `HeldErrorFile`: a disk-full or I/O error surfaces as one DataError naming the shard, after
+    HDF5 has closed the temporary file cleanly.
     """
 
     def __init__(self, out_dir: PathLike, shard_index: int, first_index: int, num_samples: int,
@@ -98,7 +103,11 @@ class ShardWriter:
         remove_stale_temps(self.final)
         self.tmp = temp_path(self.final)
         self._written: dict[str, int] = {}
-        self._file = h5py.File(self.tmp, "w")
+        try:
+            self._raw = HeldErrorFile(self.tmp)
+        except OSError as exc:
+            raise DataError(f"{self.final}: cannot write: {exc.strerror or one_line(exc)}") from None
+        self._file = h5py.File(self._raw, "w")
         self._file.attrs["bcrdist_format"] = FORMAT_NAME
         self._file.attrs["format_version"] = FORMAT_VERSION
         self._file.attrs["shard_index"] = self.shard_index
@@ -147,6 +156,14 @@ class ShardWriter:
         if len(data):
             dset[start:start + len(data)] = data
         self._written[name] = start + len(data)
+        self._raise_held()
+
+    def _raise_held(self) -> None:
+        """After a failed write: close HDF5's file, delete the temporary, raise one line naming the shard."""
+        if self._raw.error is not None:
+            error = self._raw.error
+            self.abort()
+            raise DataError(f"{self.final}: cannot write: {error.strerror or one_line(error)}")
 
     def commit(self) -> dict:
         """Close, fsync, checksum and rename the shard, then write its side file; returns the shard info."""
@@ -156,17 +173,28 @@ class ShardWriter:
         if short:
             raise DataError(f"{self.final}: incomplete datasets {short} (expected {self.num_samples} samples)")
         self._file.close()
-        fsync_file(self.tmp)
-        info = {"file": self.final.name, "num_samples": self.num_samples, "first_index": self.first_index,
-                "sha256": file_sha256(self.tmp), "bytes": self.tmp.stat().st_size}
-        os.replace(self.tmp, self.final)
-        atomic_write_json(_sidecar(self.final), info)
+        self._raise_held()
+        try:
+            self._raw.close()
+            fsync_file(self.tmp)
+            info = {"file": self.final.name, "num_samples": self.num_samples, "first_index": self.first_index,
+                    "sha256": file_sha256(self.tmp), "bytes": self.tmp.stat().st_size}
+            os.replace(self.tmp, self.final)
+        except OSError as exc:
+            self.abort()
+            raise DataError(f"{self.final}: cannot write: {exc.strerror or one_line(exc)}") from None
+        try:
+            atomic_write_json(_sidecar(self.final), info)
+        except OSError as exc:
+            # the shard is complete, only its resume marker is missing: a rerun writes it again
+            raise DataError(os_message(exc)) from None
         return dict(info)
 
     def abort(self) -> None:
         """Discard the temporary file (no effect after `commit`)."""
         if self._file.id.valid:
             self._file.close()
+        self._raw.close()
         self.tmp.unlink(missing_ok=True)
 
 
@@ -226,7 +254,7 @@ def open_h5(path: PathLike, **kwargs) -> h5py.File:
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except OSError as exc:
-        raise DataError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {exc}") from None
+        raise DataError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {one_line(exc)}") from None
 
 
 def _describe_shard(path: pathlib.Path) -> dict[str, dict]:
@@ -281,10 +309,11 @@ def write_manifest(out_dir: PathLike, shard_infos: list[dict], *, provenance: di
     if not isinstance(provenance, dict) or "tool" not in provenance:
         raise DataError(f"{where}: provenance must be a mapping with at least a 'tool' entry")
     shards = []
-    for info in shard_infos:
+    for i, info in enumerate(shard_infos):
         missing = {"file", "num_samples", "first_index", "sha256"} - set(info)
         if missing:
             raise DataError(f"{where}: shard info {info} lacks {sorted(missing)}")
+        check_shard_file(info["file"], where, i)
         path = out_dir / info["file"]
         size = int(info["bytes"]) if "bytes" in info else path.stat().st_size
         shards.append({"file": str(info["file"]), "first_index": int(info["first_index"]),
@@ -309,7 +338,23 @@ def write_manifest(out_dir: PathLike, shard_infos: list[dict], *, provenance: di
     manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "dataset_id": dataset_id(shards),
                 "num_samples": sum(s["num_samples"] for s in shards), "datasets": datasets, "shards": shards,
                 "statistics": statistics, "provenance": provenance, "layout": layout}
-    return atomic_write_json(out_dir / MANIFEST_NAME, manifest)
+    return _write_manifest_file(out_dir / MANIFEST_NAME, manifest)
+
+
+def _write_manifest_file(path: pathlib.Path, manifest: dict) -> pathlib.Path:
+    try:
+        return atomic_write_json(path, manifest)
+    except OSError as exc:
+        raise DataError(os_message(exc)) from None
+
+
+def check_shard_file(name: Any, where: str, entry: int) -> None:
+    """Refuse a shard entry that is not a relative path inside the data-set folder (DataError)."""
+    text = name if isinstance(name, str) else ""
+    rel = pathlib.PurePosixPath(text.replace("\\", "/"))
+    if not rel.parts or rel.is_absolute() or ".." in rel.parts or ":" in rel.parts[0] or "\0" in text:
+        raise DataError(f"{where}: shard entry {entry} names {name!r}, which is not inside the data-set folder "
+                        "(shard files are paths relative to the folder, without '..')")
 
 
 def _version() -> str:
@@ -383,6 +428,8 @@ def read_manifest(path: PathLike) -> Manifest:
         raise DataError(f"{mpath}: format_version {raw.get('format_version')!r} is not supported "
                         f"(this bcrdist reads ≤ {FORMAT_VERSION})")
     try:
+        for entry, s in enumerate(raw["shards"]):
+            check_shard_file(s.get("file") if isinstance(s, dict) else None, str(mpath), entry)
         shards = _sorted_contiguous([dict(s) for s in raw["shards"]], str(mpath))
         if not shards:
             raise DataError(f"{mpath}: no shards")
@@ -391,6 +438,8 @@ def read_manifest(path: PathLike) -> Manifest:
                                       int(d.get("chunk_samples", 1)))
                     for name, d in raw["datasets"].items()}
         num_samples = int(raw["num_samples"])
+    except DataError:
+        raise
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{mpath}: malformed manifest ({type(exc).__name__}: {exc})") from None
     total = sum(int(s["num_samples"]) for s in shards)
@@ -405,9 +454,45 @@ def read_manifest(path: PathLike) -> Manifest:
                     raw=raw)
 
 
-def update_manifest(path: PathLike, **changes: Any) -> pathlib.Path:
-    """Replace top-level entries of an existing manifest (e.g. `statistics=`), atomically."""
+def update_manifest(path: PathLike, *, expect_id: str | None = None, **changes: Any) -> pathlib.Path:
+    """Replace top-level entries of an existing manifest (e.g. `statistics=`), atomically.
+
+    `expect_id`: the data set the changes were computed for; a manifest that now describes another data set
+    (replaced meanwhile) is refused instead of being given them.
+    """
     manifest = read_manifest(path)
+    if expect_id is not None and manifest.dataset_id != expect_id:
+        raise DataError(f"{manifest.path}: now describes data set {manifest.dataset_id}, not {expect_id} (replaced "
+                        "while the update was computed); nothing written")
     raw = dict(manifest.raw)
     raw.update(changes)
-    return atomic_write_json(manifest.path, raw)
+    return _write_manifest_file(manifest.path, raw)
+
+
+def check_shard_bytes(manifest: Manifest, shard: int, fd: int | None = None) -> None:
+    """Refuse a shard whose size or SHA-256 differs from the manifest's entry (DataError naming the file).
+
+    `fd`: the shard already open for reading (hashed by positional reads); else it is opened here.
+    """
+    path, info = manifest.shard_path(shard), manifest.shards[shard]
+    try:
+        own = fd is None
+        fd = os.open(path, os.O_RDONLY) if own else fd
+    except FileNotFoundError:
+        raise DataError(f"{path}: shard file not found") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or one_line(exc)}") from None
+    try:
+        size = os.fstat(fd).st_size
+        if "bytes" in info and size != int(info["bytes"]):
+            raise DataError(f"{path}: {size} bytes, the manifest says {info['bytes']} (truncated or replaced "
+                            f"shard; run `bcrdist verify {manifest.root}`)")
+        digest = fd_sha256(fd)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or one_line(exc)}") from None
+    finally:
+        if own:
+            os.close(fd)
+    if digest != info["sha256"]:
+        raise DataError(f"{path}: SHA-256 {digest[:12]}… differs from the manifest's {str(info['sha256'])[:12]}… "
+                        f"(corrupt or replaced shard; run `bcrdist verify {manifest.root}`)")

@@ -5,7 +5,8 @@ Every sample depends only on (seed, sample index) (`np.random.default_rng([seed,
 its own, so the data set is byte-identical for any number of MPI ranks. Shard s (samples s·S … s·S + S − 1)
 is written by rank s mod P; rank 0 writes the manifest once every rank is done. Re-running the same command
 resumes: complete, checksum-verified shards are kept. An output directory that holds shards or a manifest made
-with other settings is refused.
+with other settings is refused. A full disk or an I/O error stops every rank with one line naming the file;
+the shards completed before stay, and the same command resumes once there is space.
 The arrays per sample are listed in `bcrdist.physics.sampling`.
 """
 
@@ -24,6 +25,7 @@ from bcrdist.config import to_dict
 from bcrdist.data.format import MANIFEST_NAME, existing_shard, write_manifest, write_shard
 from bcrdist.distributed.mpi import gather_or_raise, world
 from bcrdist.errors import DataError
+from bcrdist.fileio import os_message
 from bcrdist.physics.generation_config import GenerationConfig
 from bcrdist.physics.sampling import SampleMaker
 from bcrdist.progress import Progress
@@ -105,7 +107,7 @@ def generate(cfg: GenerationConfig, out_dir, *, threads: int = 1, progress: bool
             check_output(out_dir, config_sha)
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            error = DataError(f"{out_dir}: {exc}")
+            error = DataError(f"{out_dir}: {os_message(exc)}")
         except Exception as exc:  # noqa: BLE001 (every rank must hear of it, see gather_or_raise)
             error = exc
     gather_or_raise(comm, None, error)
@@ -122,7 +124,7 @@ def generate(cfg: GenerationConfig, out_dir, *, threads: int = 1, progress: bool
     try:
         infos, written = _write_shards(cfg, out_dir, mine, attrs, bar)
     except OSError as exc:
-        error = DataError(f"{out_dir}: {exc}")
+        error = DataError(f"{out_dir}: {os_message(exc)}")
     except Exception as exc:  # noqa: BLE001
         error = exc
     finally:
@@ -141,7 +143,7 @@ def generate(cfg: GenerationConfig, out_dir, *, threads: int = 1, progress: bool
                                "coe[j, i] = eta(rho_i cos theta_j, rho_i sin theta_j), rho_i = (i + 1/2) R / Nr",
             })
         except OSError as exc:
-            error = DataError(f"{out_dir}: {exc}")
+            error = DataError(f"{out_dir}: {os_message(exc)}")
         except Exception as exc:  # noqa: BLE001
             error = exc
     gather_or_raise(comm, None, error)

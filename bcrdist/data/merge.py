@@ -3,20 +3,21 @@
 layout "original" rebuilds the file the data set was converted from (recorded in the manifest by
 `bcrdist shard`): the same dataset names, shapes, dtypes, creation properties (chunks, compression) and
 attributes, with data identical byte for byte. layout "samples" writes every dataset as (N, …) under its
-shard name (the only choice for data sets made by the generator). The output appears atomically.
+shard name (the only choice for data sets made by the generator). The output appears atomically; a write
+that fails (disk full, I/O error) leaves the previous file, if any, and raises one line naming it. Each shard's
+SHA-256 is checked against the manifest before it is copied, so corrupt bytes never reach the merged file.
 """
 
 from __future__ import annotations
 
-import os
 import pathlib
 
 import h5py
 import numpy as np
 
 from bcrdist.data.convert import decode_attrs
-from bcrdist.data.format import open_h5, read_manifest
-from bcrdist.fileio import fsync_dir, fsync_file, remove_stale_temps, temp_path
+from bcrdist.data.format import MANIFEST_NAME, check_shard_bytes, open_h5, read_manifest
+from bcrdist.fileio import HeldErrorFile, atomic_write_held, os_message, remove_stale_temps
 from bcrdist.data.stats import iter_slabs
 from bcrdist.errors import ConfigError, DataError
 
@@ -47,6 +48,10 @@ def merge_dataset(path, out, *, layout: str = "auto", overwrite: bool = False,
     if layout == "original" and not manifest.layout:
         raise DataError(f"{manifest.path}: no source layout recorded (not made by `bcrdist shard`); "
                         "use --layout samples")
+    if out.is_dir():
+        raise DataError(f"{out}: is a folder; name the HDF5 file to write")
+    if _belongs_to(out, manifest):
+        raise DataError(f"{out}: is a file of the data set being merged; write the merged file elsewhere")
     if out.exists() and not overwrite:
         raise DataError(f"{out}: exists; remove it or pass --overwrite")
     if layout == "original":
@@ -61,32 +66,47 @@ def merge_dataset(path, out, *, layout: str = "auto", overwrite: bool = False,
     missing = sorted({item["shard"] for item in items} - set(manifest.datasets))
     if missing:
         raise DataError(f"{manifest.path}: layout refers to datasets {missing} that the shards lack")
-    out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)
-    tmp = temp_path(out)
-    try:
-        with h5py.File(tmp, "w") as fh:
+
+    def write(raw: HeldErrorFile) -> None:
+        with h5py.File(raw, "w") as fh:
             fh.attrs.update(decode_attrs(record.get("attrs") or {}))
             targets = [(item, _create(fh, item)) for item in items]
-            for shard, info in enumerate(manifest.shards):
-                first = int(info["first_index"])
-                with open_h5(manifest.shard_path(shard)) as src:
-                    for item, dset in targets:
-                        if item["shard"] not in src:
-                            raise DataError(f"{manifest.shard_path(shard)}: dataset {item['shard']!r} missing")
-                        for start, slab in iter_slabs(src[item["shard"]], slab_bytes):
-                            if item.get("part"):
-                                slab = getattr(slab, item["part"])
-                            slab = slab.astype(dset.dtype, copy=False)
-                            a, b = first + start, first + start + len(slab)
-                            if columns:
-                                dset[:, a:b] = slab.reshape(len(slab), -1).T
-                            else:
-                                dset[a:b] = slab
-        fsync_file(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(out.parent)
-    return out
+            for shard in range(len(manifest.shards)):
+                if raw.error is not None:
+                    return
+                check_shard_bytes(manifest, shard)
+                _copy_shard(manifest, shard, targets, columns, slab_bytes, raw)
+
+    try:
+        return atomic_write_held(out, write)
+    except OSError as exc:
+        raise DataError(os_message(exc)) from None
+
+
+def _copy_shard(manifest, shard: int, targets: list, columns: bool, slab_bytes: int, raw: HeldErrorFile) -> None:
+    """Copy one shard's samples into the output datasets, slab by slab (stopping at a held write error)."""
+    first = int(manifest.shards[shard]["first_index"])
+    with open_h5(manifest.shard_path(shard)) as src:
+        for item, dset in targets:
+            if item["shard"] not in src:
+                raise DataError(f"{manifest.shard_path(shard)}: dataset {item['shard']!r} missing")
+            for start, slab in iter_slabs(src[item["shard"]], slab_bytes):
+                if item.get("part"):
+                    slab = getattr(slab, item["part"])
+                slab = slab.astype(dset.dtype, copy=False)
+                a, b = first + start, first + start + len(slab)
+                if columns:
+                    dset[:, a:b] = slab.reshape(len(slab), -1).T
+                else:
+                    dset[a:b] = slab
+                if raw.error is not None:
+                    return
+
+
+def _belongs_to(out: pathlib.Path, manifest) -> bool:
+    """`out` is the manifest, a shard or a shard's side file of the data set."""
+    own = {MANIFEST_NAME} | {s["file"] for s in manifest.shards} | {s["file"] + ".json" for s in manifest.shards}
+    root = manifest.root.resolve()
+    target = out.resolve()
+    return any(target == (root / name).resolve() for name in own)

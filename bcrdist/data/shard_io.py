@@ -6,6 +6,13 @@ are read with one request per run of back-to-back samples, scattered straight in
 window was announced to the kernel (`posix_fadvise`), so the disk works on a few MiB-sized regions at a time
 while batches are still drawn across `shuffle_blocks` blocks. Files are opened lazily in the process that
 reads (so forked DataLoader workers never share an HDF5 handle) and kept open (up to `max_open_shards`).
+
+Checks (`ShardChecks`): before a shard's first sample is used, its SHA-256 is compared with the manifest's
+(one read of the whole shard, once per shard per process — shared by the readers of a process, and by a
+reader with its DataLoader workers — valid while the file's identity, i.e. device, inode, size, mtime and
+ctime, is unchanged), and the reader's samples of it are scanned for NaN/inf unless the manifest's
+statistics already count none in that dataset. So a corrupt or replaced shard, or a non-finite value in the
+split, stops the reader before training on it, while the batches themselves are read as fast as without.
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ import warnings
 import h5py
 import numpy as np
 
-from bcrdist.data.format import Manifest, open_h5
+from bcrdist.data.format import Manifest, check_shard_bytes, open_h5
+from bcrdist.data.stats import proves_finite
 from bcrdist.errors import DataError
+from bcrdist.fileio import one_line
 
 _IOV_MAX = 1024
 _INHERITED_HANDLES: list = []
@@ -146,25 +155,92 @@ def _preadv_all(fd: int, views: list, offset: int, filename: str) -> None:
         pending = rest
 
 
-class _OpenShard:
-    """One shard opened in this process: the h5py file (metadata, compressed data) and a raw descriptor."""
+_SCAN_BYTES = 8 << 20
+_IDENTITY = ("st_dev", "st_ino", "st_size", "st_mtime_ns", "st_ctime_ns")
+# (file identity, SHA-256) of every shard file whose bytes this process found equal to a manifest's: the
+# readers of one process (training, validation, test, normalisation) then hash each shard once
+_MATCHED: set[tuple] = set()
 
-    def __init__(self, manifest: Manifest, shard: int, datasets: list[str], cache_bytes: int):
+
+class ShardChecks:
+    """What a reader checks when it first opens a shard (module docstring), and which shards passed.
+
+    `indices` the reader's split (sorted global indices), `describe` how messages name it ("split 'train'").
+    `passed` (S, 6) int64 array or tensor, zeros at first, in shared memory to reach DataLoader workers: per
+    shard 1 and the identity of the file that passed.
+    """
+
+    def __init__(self, manifest: Manifest, datasets: list[str], indices: np.ndarray, describe: str, passed):
+        self.manifest, self.indices, self.describe, self.passed = manifest, indices, describe, passed
+        self.scan = [d for d in datasets if manifest.datasets[d].dtype.kind in "fc" and not proves_finite(manifest, d)]
+
+    @staticmethod
+    def _identity(fd: int) -> list[int]:
+        st = os.fstat(fd)
+        return [1, *(int(getattr(st, key)) for key in _IDENTITY)]
+
+    def known_good(self, shard: int, fd: int) -> bool:
+        """This very file (same identity) passed the checks before, in this process or another reader's."""
+        return np.asarray(self.passed)[shard].tolist() == self._identity(fd)
+
+    def mark_good(self, shard: int, fd: int) -> None:
+        np.asarray(self.passed)[shard] = self._identity(fd)
+
+    def check_bytes(self, shard: int, fd: int) -> None:
+        """Size and SHA-256 of the open shard against the manifest (DataError), unless this process found
+        this very file to match that checksum before."""
+        key = (*self._identity(fd), str(self.manifest.shards[shard]["sha256"]))
+        if key not in _MATCHED:
+            check_shard_bytes(self.manifest, shard, fd)
+            _MATCHED.add(key)
+
+    def check_finite(self, shard: int, handle: "_OpenShard") -> None:
+        """NaN/inf in the reader's samples of the shard, for the datasets the statistics do not clear."""
+        lo, hi = int(self.manifest.starts[shard]), int(self.manifest.starts[shard + 1])
+        a, b = np.searchsorted(self.indices, [lo, hi])
+        local = self.indices[a:b] - lo
+        for name in self.scan:
+            spec = self.manifest.datasets[name]
+            rows = max(1, min(len(local), _SCAN_BYTES // max(1, spec.sample_nbytes)))
+            buf = np.empty((rows, *spec.shape), dtype=spec.dtype)
+            for start in range(0, len(local), rows):
+                part = local[start:start + rows]
+                dest = buf[:len(part)]
+                handle.read(name, part, [dest], np.zeros(len(part), dtype=np.int64), np.arange(len(part)))
+                finite = np.isfinite(dest.reshape(len(part), -1)).all(axis=1)
+                if not finite.all():
+                    sample = lo + int(part[np.argmin(finite)])
+                    raise DataError(f"{handle.path}: dataset {name!r}: non-finite value (NaN or inf) in sample "
+                                    f"{sample} of {self.describe}; the reader refuses it")
+
+
+class _OpenShard:
+    """One shard opened in this process: the h5py file (metadata, compressed data) and a raw descriptor.
+
+    With `checks`, a shard not known to be good is checked (`ShardChecks`) before anything is read from it.
+    """
+
+    def __init__(self, manifest: Manifest, shard: int, datasets: list[str], cache_bytes: int,
+                 checks: ShardChecks | None = None):
         self.path = manifest.shard_path(shard)
         info = manifest.shards[shard]
-        try:
-            size = self.path.stat().st_size
-        except FileNotFoundError:
-            raise DataError(f"{self.path}: shard file not found") from None
-        if "bytes" in info and size != int(info["bytes"]):
-            raise DataError(f"{self.path}: {size} bytes, the manifest says {info['bytes']} (truncated or "
-                            "replaced shard; run `bcrdist verify`)")
-        # read-once access: a cache of a few chunks, and fully read chunks evicted first
-        self.h5 = open_h5(self.path, rdcc_nbytes=cache_bytes, rdcc_w0=1.0)
+        self.h5 = None
         self.fd = None
         self.fields: dict[str, _Field] = {}
         try:
             self.fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise DataError(f"{self.path}: shard file not found") from None
+        try:
+            size = os.fstat(self.fd).st_size
+            if "bytes" in info and size != int(info["bytes"]):
+                raise DataError(f"{self.path}: {size} bytes, the manifest says {info['bytes']} (truncated or "
+                                "replaced shard; run `bcrdist verify`)")
+            fresh = checks is not None and not checks.known_good(shard, self.fd)
+            if fresh:
+                checks.check_bytes(shard, self.fd)
+            # read-once access: a cache of a few chunks, and fully read chunks evicted first
+            self.h5 = open_h5(self.path, rdcc_nbytes=cache_bytes, rdcc_w0=1.0)
             for name in datasets:
                 spec = manifest.datasets[name]
                 if name not in self.h5:
@@ -175,6 +251,9 @@ class _OpenShard:
                     raise DataError(f"{self.path}: dataset {name!r} is {dset.shape} {dset.dtype}, the manifest "
                                     f"says {expected} {spec.dtype}")
                 self.fields[name] = _Field(dset, self.fd, spec.sample_nbytes)
+            if fresh:
+                checks.check_finite(shard, self)
+                checks.mark_good(shard, self.fd)
         except BaseException:
             self.close()
             raise
@@ -188,22 +267,25 @@ class _OpenShard:
         try:
             self.fields[name].read(self.fd, local, dests, batch, row)
         except OSError as exc:
-            raise DataError(f"{self.path}: dataset {name!r}: read failed (truncated or corrupt?): {exc}") from None
+            raise DataError(f"{self.path}: dataset {name!r}: read failed (truncated or corrupt?): "
+                            f"{one_line(exc)}") from None
 
     def close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-        if self.h5.id.valid:
+        if self.h5 is not None and self.h5.id.valid:
             self.h5.close()
 
 
 class ShardPool:
-    """Shards opened on demand in the current process, the least recently used closed beyond `max_open`."""
+    """Shards opened on demand in the current process, the least recently used closed beyond `max_open`;
+    each checked by `checks` (when given) before its first use."""
 
-    def __init__(self, manifest: Manifest, datasets: list[str], max_open: int):
+    def __init__(self, manifest: Manifest, datasets: list[str], max_open: int, checks: ShardChecks | None = None):
         self.manifest = manifest
         self.datasets = datasets
+        self.checks = checks
         self.max_open = max(1, int(max_open))
         widest = max(manifest.datasets[d].chunk_samples * manifest.datasets[d].sample_nbytes for d in datasets)
         self.cache_bytes = int(max(1 << 20, 2 * widest))
@@ -219,7 +301,7 @@ class ShardPool:
             self._pid = os.getpid()
         handle = self._open.get(shard)
         if handle is None:
-            handle = _OpenShard(self.manifest, shard, self.datasets, self.cache_bytes)
+            handle = _OpenShard(self.manifest, shard, self.datasets, self.cache_bytes, self.checks)
             self._open[shard] = handle
             while len(self._open) > self.max_open:
                 self._open.popitem(last=False)[1].close()

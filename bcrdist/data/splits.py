@@ -7,6 +7,10 @@ was made for, so a split is never silently applied to other data.
 The original rule (no shuffling): n_train = int(N·percent), n_test = min(max(n_train, 5000), N − n_train);
 train = the first n_train samples, test = the next n_test. The optional validation split is carved from the
 end of the training part, so the test part stays exactly the original's.
+
+Existing split files are never replaced silently: writing splits where different ones exist is refused (a
+run trained on the old ones could no longer be resumed or compared) unless `overwrite=True`; identical
+ones are left as they are. All files of one call are written together: a failure leaves the old set.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import pathlib
 import numpy as np
 
 from bcrdist.data.format import Manifest, read_manifest
-from bcrdist.fileio import atomic_write_json
+from bcrdist.fileio import atomic_write_files, os_message, to_json
 from bcrdist.errors import ConfigError, DataError
 
 SPLIT_FORMAT = "bcrdist-split"
@@ -96,16 +100,47 @@ def split_document(name: str, indices: np.ndarray, manifest: Manifest, rule: dic
 
 
 def write_splits(path, percent: float, *, val: int = 0, random: bool = False, seed: int = 0,
-                 out_dir=None) -> dict[str, pathlib.Path]:
-    """Make the splits of the data set at `path` and write them to `out_dir` (default `path/splits`)."""
+                 out_dir=None, overwrite: bool = False) -> dict[str, pathlib.Path]:
+    """Make the splits of the data set at `path` and write them to `out_dir` (default `path/splits`).
+
+    Split files that exist with other contents are refused (DataError naming the first) unless `overwrite`;
+    then a `val.json` this call does not make is removed too (it would overlap the new training split).
+    """
     manifest = read_manifest(path)
     parts = make_splits(manifest.num_samples, percent, val=val, random=random, seed=seed)
     out_dir = pathlib.Path(out_dir) if out_dir is not None else manifest.root / SPLITS_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
     rule = {"kind": "random" if random else "original", "percent": percent, "val": val,
             "seed": seed if random else None}
-    return {name: atomic_write_json(out_dir / f"{name}.json", split_document(name, idx, manifest, rule))
-            for name, idx in parts.items()}
+    docs = {out_dir / f"{name}.json": split_document(name, idx, manifest, rule) for name, idx in parts.items()}
+    stale = [out_dir / f"{name}.json" for name in ("train", "val", "test") if name not in parts]
+    changed = {p: doc for p, doc in docs.items() if _existing(p) != doc}
+    clashes = [p for p in changed if p.exists()] + [p for p in stale if p.exists()]
+    if clashes and not overwrite:
+        raise DataError(f"{clashes[0]}: holds another split ({_describe(clashes[0])}); a run made with it could "
+                        "not be resumed or compared; pass --overwrite to replace the splits, or --out DIR")
+    try:
+        if changed:
+            atomic_write_files({p: (to_json(doc) + "\n").encode() for p, doc in changed.items()})
+        for p in stale if overwrite else []:
+            p.unlink(missing_ok=True)
+    except OSError as exc:
+        raise DataError(os_message(exc)) from None
+    return {p.stem: p for p in docs}
+
+
+def _existing(path: pathlib.Path):
+    """The parsed JSON of an existing split file (None when absent or unreadable)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _describe(path: pathlib.Path) -> str:
+    doc = _existing(path)
+    if not isinstance(doc, dict):
+        return "unreadable"
+    return f"{doc.get('num_samples')} samples of data set {doc.get('dataset_id')}, rule {doc.get('rule')}"
 
 
 def split_path(manifest: Manifest, split: str | pathlib.Path) -> pathlib.Path:

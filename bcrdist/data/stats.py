@@ -18,6 +18,7 @@ import numpy as np
 from bcrdist.data.format import open_h5, read_manifest, update_manifest
 from bcrdist.distributed.mpi import gather_or_raise, world
 from bcrdist.errors import DataError
+from bcrdist.fileio import one_line, os_message
 
 SLAB_BYTES = 64 << 20
 
@@ -76,6 +77,17 @@ def field_parts(name: str, dtype: np.dtype) -> list[tuple[str, str | None]]:
     return [(name, None)]
 
 
+def proves_finite(manifest, name: str) -> bool:
+    """True when the manifest's statistics cover every value of dataset `name` and count none non-finite."""
+    spec = manifest.datasets[name]
+    values = manifest.num_samples * int(np.prod(spec.shape, dtype=np.int64))
+    for field, _ in field_parts(name, spec.dtype):
+        stats = (manifest.statistics or {}).get(field)
+        if not isinstance(stats, dict) or stats.get("nonfinite") != 0 or stats.get("count") != values:
+            return False
+    return True
+
+
 def iter_slabs(dset: h5py.Dataset, slab_bytes: int = SLAB_BYTES) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (start, dset[start:start+k]) covering the sample axis, k chunk-aligned and about `slab_bytes`."""
     n = dset.shape[0]
@@ -87,7 +99,7 @@ def iter_slabs(dset: h5py.Dataset, slab_bytes: int = SLAB_BYTES) -> Iterator[tup
             yield start, dset[start:start + step]
         except OSError as exc:
             raise DataError(f"{dset.file.filename}: dataset {dset.name.lstrip('/')!r}: read failed at sample "
-                            f"{start} (truncated or corrupt?): {exc}") from None
+                            f"{start} (truncated or corrupt?): {one_line(exc)}") from None
 
 
 def shard_statistics(path, dtypes: dict[str, np.dtype], slab_bytes: int = SLAB_BYTES) -> dict[str, RunningStats]:
@@ -115,9 +127,9 @@ def merge_statistics(per_shard: dict[int, dict[str, RunningStats]]) -> dict[str,
     return {field: stats.to_dict() for field, stats in total.items()}
 
 
-def compute_statistics(path, *, comm=None, slab_bytes: int = SLAB_BYTES) -> dict[str, dict]:
+def compute_statistics(path, *, comm=None, slab_bytes: int = SLAB_BYTES, manifest=None) -> dict[str, dict]:
     """Whole-data-set statistics per field. Under MPI each rank reads every size-th shard."""
-    manifest = read_manifest(path)
+    manifest = manifest if manifest is not None else read_manifest(path)
     comm = comm if comm is not None else world()
     dtypes = {name: spec.dtype for name, spec in manifest.datasets.items()}
     mine, error = {}, None
@@ -125,7 +137,7 @@ def compute_statistics(path, *, comm=None, slab_bytes: int = SLAB_BYTES) -> dict
         for shard in range(comm.rank, len(manifest.shards), comm.size):
             mine[shard] = shard_statistics(manifest.shard_path(shard), dtypes, slab_bytes)
     except (DataError, OSError) as exc:
-        error = exc if isinstance(exc, DataError) else DataError(str(exc))
+        error = exc if isinstance(exc, DataError) else DataError(os_message(exc))
     per_shard: dict[int, dict[str, RunningStats]] = {}
     for part in gather_or_raise(comm, mine, error):
         per_shard.update(part)
@@ -133,10 +145,19 @@ def compute_statistics(path, *, comm=None, slab_bytes: int = SLAB_BYTES) -> dict
 
 
 def store_statistics(path, *, comm=None, slab_bytes: int = SLAB_BYTES) -> dict[str, dict]:
-    """`compute_statistics`, then write them into the manifest (rank 0 writes; all ranks return them)."""
+    """`compute_statistics`, then write them into the manifest (rank 0 writes; all ranks return them).
+
+    Only the statistics entry changes, and only in the manifest of the data set they were computed for: if
+    the manifest was replaced meanwhile, nothing is written (DataError). A failed write leaves the old one.
+    """
     comm = comm if comm is not None else world()
-    stats = compute_statistics(path, comm=comm, slab_bytes=slab_bytes)
+    manifest = read_manifest(path)
+    stats = compute_statistics(path, comm=comm, slab_bytes=slab_bytes, manifest=manifest)
+    error = None
     if comm.rank == 0:
-        update_manifest(path, statistics=stats)
-    comm.barrier()
+        try:
+            update_manifest(path, expect_id=manifest.dataset_id, statistics=stats)
+        except DataError as exc:
+            error = exc
+    gather_or_raise(comm, None, error)
     return stats
