@@ -245,6 +245,17 @@ def test_nan_in_a_training_target_is_refused_naming_split_sample_and_shard(tmp_p
     assert [int(i) for b in val for i in b["index"]] == [16, 17, 18, 19]
 
 
+def test_a_refusal_in_a_dataloader_worker_keeps_its_one_line(tmp_path):
+    """torch re-raises a worker's exception wrapped in "Caught DataError in DataLoader worker process …" and
+    its traceback; the loader hands on the worker's own one-line message."""
+    root = make_dataset(tmp_path / "ds", nan=("coe", 13))
+    ds = ShardedDataset(root, split="train", batch_size=4, preprocess=Preprocess(input="measure", target="coe"))
+    with pytest.raises(DataError) as info:
+        list(ds.loader(num_workers=2))
+    assert str(info.value) == (f"{root / 'shard-00001.h5'}: dataset 'coe': non-finite value (NaN or inf) in "
+                               f"sample 13 of split 'train' of {root}; the reader refuses it")
+
+
 def test_nan_in_a_test_input_fails_the_evaluation_reader(tmp_path):
     root = make_dataset(tmp_path / "ds", nan=("measure", 31))
     test = ShardedDataset(root, split="test", batch_size=8, exact=True, shuffle=False,

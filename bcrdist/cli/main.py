@@ -115,3 +115,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"bcrdist {name}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # a failing disk or file system (ENOSPC, EIO, EACCES): the message names the file; status 1, not the
+        # user-error status 2, because the command itself was right
+        if os.environ.get("BCRDIST_TRACEBACK"):
+            raise
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"bcrdist {name}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from bcrdist.errors import ConfigError
+from bcrdist.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from bcrdist.data.dataset import ShardedDataset
@@ -23,6 +23,16 @@ def ignore_job_signals(_worker_id: int) -> None:
     the main process handles them at a step boundary and needs its workers alive until it has saved."""
     for name in ("SIGUSR1", "SIGUSR2", "SIGTERM"):
         signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
+def worker_message(exc: DataError) -> str:
+    """The original one-line message of a DataError raised in a DataLoader worker: torch re-raises it in the
+    main process with "Caught DataError in DataLoader worker process N. Original Traceback: …" around it."""
+    text = str(exc)
+    marker = f"{DataError.__module__}.{DataError.__name__}: "
+    if "Original Traceback" in text and marker in text:
+        return text.rsplit(marker, 1)[1].strip().splitlines()[0]
+    return text
 
 
 class _EpochView(IterableDataset):
@@ -126,6 +136,8 @@ class ShardedLoader:
             for k, batch in enumerate(batches):
                 ds._consumed = start + k + 1
                 yield batch
+        except DataError as exc:
+            raise DataError(worker_message(exc)) from None
         finally:
             # stop the prefetch thread now; a DataLoader iterator shuts its workers down when released
             if hasattr(batches, "close"):
