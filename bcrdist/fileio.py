@@ -78,14 +78,23 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> pathlib.P
     the process is interrupted (a killed process leaves `.NAME.PID.tmp`, see `remove_stale_temps`). The file
     gets the usual mode (0666 less the umask), so a shared run directory stays readable by the group.
     """
-    path = pathlib.Path(path)
-    tmp = temp_path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def fill(tmp: pathlib.Path) -> None:
         with open(tmp, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+
+    return _replace_atomically(path, fill)
+
+
+def _replace_atomically(path: PathLike, fill: Callable[[pathlib.Path], None]) -> pathlib.Path:
+    """`fill(tmp)` writes the durable content of a temporary next to `path`, which then replaces `path`; an
+    OSError becomes one line naming `path`, and the temporary never outlives a failure."""
+    path = pathlib.Path(path)
+    tmp = temp_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fill(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -101,24 +110,14 @@ def atomic_write_held(path: PathLike, write: Callable[["HeldErrorFile"], None]) 
     """`atomic_write` for writers that must not meet an error half-way, HDF5 above all:
     `write(raw)` writes into a `HeldErrorFile` (e.g. `with h5py.File(raw, "w") as fh: …`) and may stop early
     once `raw.error` is set; the held error is raised afterwards, as one line naming `path`."""
-    path = pathlib.Path(path)
-    tmp = temp_path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def fill(tmp: pathlib.Path) -> None:
         with HeldErrorFile(tmp) as raw:
             write(raw)
         if raw.error is not None:
             raise raw.error
         fsync_file(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise write_error(path, exc) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return path
+
+    return _replace_atomically(path, fill)
 
 
 def atomic_write_files(contents: dict[pathlib.Path, bytes]) -> list[pathlib.Path]:

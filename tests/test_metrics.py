@@ -1,4 +1,5 @@
-"""The error metrics (`bcrdist.metrics`), including an exact 2-process gloo reduction."""
+"""The error metrics (`bcrdist.metrics`), including an exact 2-process gloo reduction, relative L1, masks that
+keep padding out of every metric and the loss, and the metrics that fit a target's grid."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import torch.multiprocessing as mp
 
 from bcrdist.distributed.launch_env import LaunchEnv
 from bcrdist.distributed.process_group import DistContext
-from bcrdist.metrics import (ErrorAccumulator, per_sample_error, psnr, relative_l2, sample_statistics, summarize,
+from bcrdist.errors import ConfigError
+from bcrdist.metrics import (REPORTED_FOR, SELECTION_DEFAULT, ErrorAccumulator, check_metrics_for_target, masked_mse,
+                             per_sample_error, psnr, relative_l1, relative_l2, sample_statistics, summarize,
                              weighted_relative_error)
 
 
@@ -83,6 +86,84 @@ def test_per_sample_error_dispatch():
     np.testing.assert_allclose(per_sample_error("psnr", p, y).numpy(), -np_psnr(p.numpy(), y.numpy()), rtol=1e-12)
     with pytest.raises(ValueError, match="mse"):
         per_sample_error("mse", p, y)
+
+
+def test_relative_l1_matches_numpy():
+    p, y = _pair(4)
+    want = np.abs(p - y).reshape(5, -1).sum(1) / np.abs(y).reshape(5, -1).sum(1)
+    np.testing.assert_allclose(relative_l1(torch.from_numpy(p), torch.from_numpy(y)).numpy(), want, rtol=1e-12)
+    assert torch.equal(per_sample_error("rel_l1", torch.from_numpy(p), torch.from_numpy(y)),
+                       relative_l1(torch.from_numpy(p), torch.from_numpy(y)))
+
+
+def _padded(a, before=3, after=5):
+    """a (B, n, m) zero-padded on both image axes, as model.pad_to pads; and the mask of the data region."""
+    out = np.pad(a, ((0, 0), (before, after), (before, after)))
+    mask = np.zeros(out.shape[1:], dtype=bool)
+    mask[before:before + a.shape[1], before:before + a.shape[2]] = True
+    return out, mask
+
+
+def test_masked_metrics_ignore_the_padding():
+    p, y = _pair(7)
+    pp, mask = _padded(p)
+    yp, _ = _padded(y)
+    rng = np.random.default_rng(9)
+    pp[:, ~mask] = rng.normal(size=(len(pp), int((~mask).sum())))   # what a network may predict on the padding
+    P, Y, Pp, Yp = (torch.from_numpy(a) for a in (p, y, pp, yp))
+    M = torch.from_numpy(mask)
+    for name, metric in (("rel_l2", relative_l2), ("rel_l1", relative_l1)):
+        masked = metric(Pp, Yp, M)
+        np.testing.assert_allclose(masked.numpy(), metric(P, Y).numpy(), rtol=1e-12)
+        assert (np.abs(metric(Pp, Yp).numpy() - masked.numpy()) > 1e-3).all(), name   # the padding would count
+    np.testing.assert_allclose(psnr(Pp, Yp, mask=M).numpy(), psnr(P, Y).numpy(), rtol=1e-12)
+    assert (np.abs(psnr(Pp, Yp).numpy() - psnr(P, Y).numpy()) > 0.1).all()
+    assert masked_mse(Pp, Yp, M).item() == pytest.approx(torch.nn.functional.mse_loss(P, Y).item(), rel=1e-12)
+    assert masked_mse(Pp, Yp).item() == pytest.approx(torch.nn.functional.mse_loss(Pp, Yp).item(), rel=1e-12)
+    assert masked_mse(Pp, Yp).item() != pytest.approx(masked_mse(Pp, Yp, M).item(), rel=1e-3)
+    # the weighted error: its weight w_j = 2j + 1 is the padded grid's, so on a polar target padded after the last
+    # radius (and anywhere along the angle) the data cells keep their weights and the value is the unpadded one
+    pr = np.pad(p, ((0, 0), (2, 3), (0, 4)))
+    yr = np.pad(y, ((0, 0), (2, 3), (0, 4)))
+    mr = np.zeros(pr.shape[1:], dtype=bool)
+    mr[2:2 + p.shape[1], :p.shape[2]] = True
+    pr[:, ~mr] = 1.0
+    Pr, Yr, Mr = (torch.from_numpy(a) for a in (pr, yr, mr))
+    np.testing.assert_allclose(weighted_relative_error(Pr, Yr, Mr).numpy(), weighted_relative_error(P, Y).numpy(),
+                               rtol=1e-12)
+    assert (np.abs(weighted_relative_error(Pr, Yr).numpy() - weighted_relative_error(P, Y).numpy()) > 1e-3).all()
+    # a per-sample mask (B, n, m) and the mask through per_sample_error
+    Mb = M.expand(len(pp), *mask.shape).clone()
+    np.testing.assert_allclose(per_sample_error("rel_l1", Pp, Yp, mask=Mb).numpy(), relative_l1(P, Y).numpy(),
+                               rtol=1e-12)
+    np.testing.assert_allclose(per_sample_error("psnr", Pp, Yp, mask=Mb).numpy(), -psnr(P, Y).numpy(), rtol=1e-12)
+    # masked_mse is a loss: its gradient vanishes on the padding
+    Pg = Pp.clone().requires_grad_(True)
+    masked_mse(Pg, Yp, M).backward()
+    assert torch.all(Pg.grad[:, ~M] == 0) and torch.all(Pg.grad[:, M] != 0)
+
+
+def test_metrics_fit_the_target():
+    check_metrics_for_target(["weighted", "rel_l2", "rel_l1", "psnr"], "polar")
+    check_metrics_for_target(REPORTED_FOR["cartesian"], "cartesian")
+    with pytest.raises(ConfigError) as info:
+        check_metrics_for_target("weighted", "cartesian", key="train.metric")
+    msg = str(info.value)
+    assert msg.startswith("train.metric: 'weighted'") and "polar targets only" in msg and "\n" not in msg
+    with pytest.raises(ConfigError, match="metrics: unknown metric 'mse'"):
+        check_metrics_for_target(["rel_l2", "mse"], "polar", key="metrics")
+    assert SELECTION_DEFAULT == {"polar": "weighted", "cartesian": "rel_l2"}
+    assert "weighted" not in REPORTED_FOR["cartesian"] and "rel_l1" in REPORTED_FOR["polar"]
+
+
+def test_summary_states_pixel_max_and_includes_rel_l1():
+    p, y = (torch.from_numpy(a) for a in _pair(10))
+    stats = {name: sample_statistics(name, (psnr(p, y, 2.0) if name == "psnr" else per_sample_error(name, p, y))
+                                     .numpy()) for name in ("rel_l2", "rel_l1", "psnr")}
+    out = summarize(stats, pixel_max=2.0)
+    assert out["psnr"]["pixel_max"] == 2.0 and set(out["rel_l1"]) == {"mean", "std", "max", "count"}
+    assert out["rel_l1"]["mean"] == pytest.approx(relative_l1(p, y).numpy().mean(), rel=1e-12)
+    assert "pixel_max" not in summarize(stats)["psnr"]           # existing callers: the layout they had
 
 
 class FakeCtx:

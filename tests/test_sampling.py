@@ -1,13 +1,20 @@
 """One sample (`bcrdist.physics.sampling.SampleMaker`): rotation equivariance of `coe` and the preprocessed
-`measure`, and a non-convergence error naming the sample."""
+`measure`, a non-convergence error naming the sample, the far-field/image layout on both angle grids, its
+config options and the config hash of existing data sets."""
+
+import hashlib
+import json
+import re
 
 import numpy as np
 import pytest
 
-from bcrdist.config import load_config
+from bcrdist.config import load_config, to_dict
+from bcrdist.errors import ConfigError
 from bcrdist.physics.generation_config import GenerationConfig
+from bcrdist.physics.layout import image_coordinates
 from bcrdist.physics.sampling import SampleMaker
-from bcrdist.physics.solver import ConvergenceError
+from bcrdist.physics.solver import ConvergenceError, ScatteringSolver
 from bcrdist.transforms import antipodal
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -32,3 +39,67 @@ def test_non_convergence_names_the_sample():
     maker = SampleMaker(load_config(None, GenerationConfig, ["n=32", "solver.max_iterations=2"]))
     with pytest.raises(ConvergenceError, match="^sample 5: GMRES did not converge"):
         maker(5)
+
+
+FARFIELD = ["n=32", "k_over_pi=4", "layout=farfield", "family.gaussian.width=[0.08, 0.1]",
+            "family.gaussian.tail_sigmas=3.5", "family.gaussian.count=[1, 3]"]
+
+
+@pytest.mark.parametrize("angles, na", [("periodic", 16), ("endpoint", 17)])
+def test_farfield_layout_arrays(angles, na):
+    cfg = load_config(None, GenerationConfig, FARFIELD + [f"angles={angles}", f"Na={na}"])
+    maker = SampleMaker(cfg)
+    a = maker(3)
+    assert set(a) == {"farfield", "image", "eta", "family", "num_primitives", "primitives", "iterations"}
+    assert a["farfield"].shape == (na, na) and a["farfield"].dtype == np.complex64
+    assert a["image"].dtype == np.float32 and np.array_equal(a["image"], a["eta"])  # image_size 0: the solver's raster
+    # F[obs, src] on the configured grid: the solver's far field (n_inc, n_rec), transposed
+    theta = maker.grid.obs_angles()
+    direct = ScatteringSolver(32, cfg.k, theta, theta, tol=cfg.solver.tol).far_field(a["eta"].astype(np.float64)).T
+    err = np.abs(a["farfield"] - direct).max() / np.abs(direct).max()
+    print(f"{angles}: far field vs a direct solve on all {na} directions {err:.1e}")
+    assert err < 1e-6
+    if angles == "endpoint":   # −π and π are one direction: the stored rows and columns are equal
+        assert np.array_equal(a["farfield"][0], a["farfield"][-1])
+        assert np.array_equal(a["farfield"][:, 0], a["farfield"][:, -1])
+
+
+def test_farfield_image_on_its_own_grid():
+    cfg = load_config(None, GenerationConfig, FARFIELD + ["Na=8", "image_size=20"])
+    maker = SampleMaker(cfg)
+    s = maker.scatterer(2)
+    a = maker.arrays(s)
+    assert a["image"].shape == (20, 20) and a["eta"].shape == (32, 32)
+    x = image_coordinates(20, cfg.box)
+    np.testing.assert_allclose(a["image"], s(x[:, None], x[None, :]), rtol=1e-6)  # η at the 20² cell centres
+
+
+@pytest.mark.parametrize("override, message", [
+    (["angles=endpoint"], "angles: 'endpoint' needs layout: farfield"),
+    (["image_size=32"], "image_size: 32 applies to layout: farfield only"),
+    (["layout=farfield", "image_size=1"], "image_size: must be 0 (the solver's n) or ≥ 2"),
+    (["layout=farfield", "image_size=-1"], "image_size: must be an integer ≥ 0"),
+    (["layout=grid"], "layout: expected one of"),
+])
+def test_layout_options_refused_where_they_do_not_apply(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, GenerationConfig, override)
+    load_config(None, GenerationConfig, ["layout=farfield", "Na=30"])   # Na need not be a multiple of 4 here
+
+
+def _hash_without(cfg, keys) -> str:
+    """The config hash as it was computed before `keys` existed."""
+    data = {key: value for key, value in to_dict(cfg).items() if key not in keys}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def test_hash_of_existing_configs_is_unchanged_and_new_keys_count():
+    new_keys = {"layout", "angles", "image_size"}
+    for overrides in ([], ["n=16", "Na=8", "seed=3"], ["family.name=shapes"]):
+        cfg = load_config(None, GenerationConfig, overrides)
+        assert cfg.sha256() == _hash_without(cfg, new_keys)
+    base = load_config(None, GenerationConfig, ["layout=farfield"])
+    hashes = {base.sha256(), load_config(None, GenerationConfig).sha256()}
+    for extra in (["angles=endpoint"], ["image_size=48"], ["Na=100"]):
+        hashes.add(load_config(None, GenerationConfig, ["layout=farfield", *extra]).sha256())
+    assert len(hashes) == 5

@@ -1,5 +1,7 @@
 """`bcrdist baseline --data DIR [--split test] [--val-split val] [--noise PERCENT] [--out FILE.json]`: the
-Tikhonov-regularised Born inversion baseline (`bcrdist.train.baseline`) on a split."""
+Tikhonov-regularised Born inversion baseline (`bcrdist.train.baseline`) on a split, for Fan's polar layout and
+the far-field/image layout (`--k --box [--angles --image-points --image-index --sign]` for a converted file that
+records no grid)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from bcrdist.train.baseline import evaluate_born_baseline
 
 
 def add_baseline_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="data set to evaluate on (needs 'farfield' and 'coe')")
+    p.add_argument("--data", required=True, help="data set to evaluate on (needs 'farfield' and 'coe' or 'image')")
     p.add_argument("--split", default="test", help="split name or file ('all' for every sample); default test")
     p.add_argument("--val-data", default=None, metavar="DIR",
                    help="data set whose validation split chooses λ (default: --data)")
@@ -33,17 +35,38 @@ def add_baseline_arguments(p: argparse.ArgumentParser) -> None:
                         "coe range in --val-data's statistics, as training uses; without statistics, of "
                         "the validation split)")
     p.add_argument("--batch-size", type=int, default=256, help="samples per evaluation batch")
+    g = p.add_argument_group("grid of a far-field/image data set that records none (a converted port file)")
+    g.add_argument("--k", type=float, default=None, help="wavenumber in absolute units (the port's κ = 16)")
+    g.add_argument("--box", type=float, default=None,
+                   help="side of the square the image covers, centred at 0 (the port's [−1, 1]²: 2)")
+    g.add_argument("--angles", choices=("endpoint", "periodic"), default=None,
+                   help="direction grid: endpoint −π + 2πj/(Na − 1) (default for converted files) or periodic 2πj/Na")
+    g.add_argument("--image-points", choices=("nodes", "centres"), default=None,
+                   help="pixels at the nodes (both edges; default for converted files) or the cell centres")
+    g.add_argument("--image-index", choices=("xy", "yx"), default=None,
+                   help="image[i, j] = η(x_i, y_j) (xy, default) or η(x_j, y_i)")
+    g.add_argument("--sign", choices=("auto", "-1", "+1"), default="auto",
+                   help="far-field sign convention: -1 e^{−ik x̂·y} (ours), +1 its conjugate (the port's Born "
+                        "kernel e^{+iκ(x̂−d)·y}), auto: recorded, else detected on the validation split")
+    g.add_argument("--calibrate", action="store_true",
+                   help="divide the far fields by the complex factor that best fits them to the Born far field of "
+                        "the validation images (data normalised otherwise than γk²)")
     p.add_argument("--out", default=None, metavar="FILE.json", help="write the result here (default: stdout)")
 
 
 def run_baseline(args: argparse.Namespace) -> int:
+    options = {"k": args.k, "box": args.box, "angles": args.angles, "image_points": args.image_points,
+               "image_index": args.image_index, "sign": None if args.sign == "auto" else int(args.sign)}
     doc = evaluate_born_baseline(args.data, args.split, args.val_data, args.val_split, args.noise, args.seed, args.entries,
-                                 args.norm, args.lam, args.grid, args.out_scale, args.batch_size)
+                                 args.norm, args.lam, args.grid, args.out_scale, args.batch_size, grid_options=options,
+                                 calibrate=args.calibrate)
     m = doc["metrics"]
-    summary = (f"{args.split}: {m['weighted']['count']} samples, Born baseline (λ = {doc['lambda']:.3g} = "
-               f"{doc['lambda_relative']:.2g}·σ_max²), noise {args.noise:g} %: radius-weighted relative error "
-               f"{m['weighted']['mean']:.4f} (max {m['weighted']['max']:.4f}), relative L2 "
-               f"{m['rel_l2']['mean']:.4f}, PSNR {m['psnr']['mean']:.1f} dB")
+    weighted = (f"radius-weighted relative error {m['weighted']['mean']:.4f} (max {m['weighted']['max']:.4f}), "
+                if "weighted" in m else "")
+    summary = (f"{args.split}: {m['rel_l2']['count']} samples, Born baseline (λ = {doc['lambda']:.3g} = "
+               f"{doc['lambda_relative']:.2g}·σ_max²), noise {args.noise:g} %: {weighted}relative L2 "
+               f"{m['rel_l2']['mean']:.4f}, relative L1 {m['rel_l1']['mean']:.4f}, PSNR {m['psnr']['mean']:.1f} dB "
+               f"(pixel max {m['psnr']['pixel_max']:g})")
     text = json.dumps(doc, indent=2)
     if args.out:
         out = Path(args.out)

@@ -1,5 +1,5 @@
 """The settings of a generated data set (`bcrdist generate --config`, configs/data/*.yaml): grid,
-wavenumber, angles, polar target, scatterer family and solver tolerances. `GenerationConfig.sha256()` names
+wavenumber, angles, layout and target, scatterer family and solver tolerances. `GenerationConfig.sha256()` names
 the data they determine. Each key's meaning and, for a number, its range are declared with its field (the
 loader checks the ranges and refuses inf and NaN; docs/configuration.md tables them)."""
 
@@ -112,20 +112,33 @@ class SolverConfig:
                                   "the sample)", low=1)
 
 
+# top-level key → the default that reproduces the data of the configs written before the key existed
+KEYS_ADDED_LATER = {"layout": "fan", "angles": "periodic", "image_size": 0}
+
+
 @dataclass
 class GenerationConfig:
-    """A generated data set: grid, wavenumber k = k_over_pi·π, angles, polar target, family, size, seed."""
+    """A generated data set: grid, wavenumber k = k_over_pi·π, angles, layout (polar or Cartesian target),
+    family, size, seed."""
 
     n: int = setting(64, help="cells across the box: η is sampled at the centres of an n×n grid on "
                      "[−box/2, box/2]²", low=8)
     box: float = setting(1.0, help="side of the square box; lengths given as fractions are fractions of it", low=0,
                          low_open=True)
     k_over_pi: float = setting(8.0, help="wavenumber k = k_over_pi·π", low=0, low_open=True)
-    Na: int = setting(64, help="incident directions = receivers θ_j = 2πj/Na; a multiple of 4 (measure has Na/2 "
-                      "half-offsets, which the antipodal preprocessing halves again)", low=4)
+    Na: int = setting(64, help="incident directions = receivers (see `angles`); layout fan: a multiple of 4 "
+                      "(measure has Na/2 half-offsets, which the antipodal preprocessing halves again)", low=4)
     Nr: int = setting(16, help="radii of the polar target `coe` (Na, Nr): ρ_i = (i + ½)·R/Nr", low=1)
     polar_radius: float = setting(0.5, help="radius R of the polar target, a fraction of the box", low=0,
                                   low_open=True)
+    layout: Literal["fan", "farfield"] = setting("fan", help="arrays per sample: `fan` Fan's measure/measure_imag "
+                                                 "and the polar coe; `farfield` the PyTorch port's far field "
+                                                 "F[obs, inc] and a Cartesian image of η")
+    angles: Literal["periodic", "endpoint"] = setting("periodic", help="the direction grid: `periodic` θ_j = "
+                                                      "2πj/Na, or `endpoint` θ_j = −π + 2πj/(Na − 1), the port's "
+                                                      "(first = last; layout farfield only)")
+    image_size: int = setting(0, help="layout farfield: pixels per side of `image`, η at the cell centres of "
+                              "[−box/2, box/2]²; 0: n (the solver's raster)", low=0)
     samples: int = setting(1024, help="samples in the data set", low=1)
     samples_per_shard: int = setting(256, help="samples per shard file (shard s is written by rank s mod P)", low=1)
     seed: int = setting(0, help="sample i depends only on (seed, i), so the data are the same for any number of "
@@ -136,14 +149,30 @@ class GenerationConfig:
 
     def validate(self) -> None:
         check_ranges(self)
-        if self.Na % 4:
-            raise ConfigError(f"Na: must be a positive multiple of 4 (measure has Na/2 half-offsets, which the "
-                              f"antipodal preprocessing halves again), got {self.Na}")
+        if self.layout == "fan":
+            if self.Na % 4:
+                raise ConfigError(f"Na: must be a positive multiple of 4 (measure has Na/2 half-offsets, which the "
+                                  f"antipodal preprocessing halves again), got {self.Na}")
+            if self.angles != "periodic":
+                raise ConfigError(f"angles: {self.angles!r} needs layout: farfield (Fan's measure and the polar coe "
+                                  f"are defined on the periodic grid θ_j = 2πj/Na)")
+            if self.image_size:
+                raise ConfigError(f"image_size: {self.image_size} applies to layout: farfield only (layout fan "
+                                  f"writes the polar coe, no image)")
+        elif self.image_size == 1:
+            raise ConfigError("image_size: must be 0 (the solver's n) or ≥ 2, got 1")
 
     @property
     def k(self) -> float:
         return self.k_over_pi * math.pi
 
     def sha256(self) -> str:
-        """Hash of the settings that determine the data (canonical JSON of the whole config)."""
-        return hashlib.sha256(json.dumps(to_dict(self), sort_keys=True).encode()).hexdigest()
+        """Hash of the settings that determine the data: canonical JSON of the whole config, without the keys
+        added after data sets were made while they hold their defaults (`KEYS_ADDED_LATER`), so that those
+        data sets keep the hash they were made with and still resume."""
+        data = to_dict(self)
+        for key, default in KEYS_ADDED_LATER.items():
+            if data[key] == default:
+                del data[key]
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+

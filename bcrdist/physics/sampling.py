@@ -1,7 +1,7 @@
-"""One training sample from its index: random scatterer (seeded by (seed, index)) → far field → the
-original's `measure`/`coe` layout.
+"""One training sample from its index: random scatterer (seeded by (seed, index)) → far field → the arrays of
+the configured layout (`bcrdist.physics.layout`).
 
-Arrays per sample (`SampleMaker.arrays`; the data set adds the sample axis first):
+Arrays per sample (`SampleMaker.arrays`; the data set adds the sample axis first), layout `fan`:
     measure        (Na, Na/2) float32   Re of F[(i + j) mod Na, (i − j) mod Na]
     measure_imag   (Na, Na/2) float32   Im of the same
     coe            (Na, Nr)   float32   η(ρ_i cos θ_j, ρ_i sin θ_j), θ_j = 2πj/Na, ρ_i = (i + ½)R/Nr
@@ -11,6 +11,11 @@ Arrays per sample (`SampleMaker.arrays`; the data set adds the sample axis first
     num_primitives ()         int32     rows used in `primitives`
     primitives     (P, C)     float64   the scatterer's primitive table, zero-padded (see scatterers.Scatterer)
     iterations     ()         int32     most GMRES iterations over the solved right-hand sides
+layout `farfield` (the PyTorch port's): `farfield` on the configured angle grid (periodic or endpoint),
+    image          (m, m)     float32   η at the cell centres of [−box/2, box/2]², m = image_size or n
+                                        (rasterised like `eta`; equal to it when m = n)
+and `eta`, `family`, `num_primitives`, `primitives`, `iterations` as above (no measure, no coe).
+On the endpoint grid the solver computes the Na − 1 distinct directions; the last (π) is a copy of the first (−π).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from bcrdist.physics.generation_config import GenerationConfig
-from bcrdist.physics.layout import measure_from_far_field
+from bcrdist.physics.layout import distinct_angles, grid_info_from_config, measure_from_far_field
 from bcrdist.physics.scatterers import (BASE_COLUMNS, FAMILY_IDS, SHEPP_LOGAN_PRIMITIVES, Scatterer,
                                         sample_gaussian, sample_shapes, sample_shepp_logan)
 from bcrdist.physics.solver import ConvergenceError, ScatteringSolver
@@ -29,7 +34,9 @@ class SampleMaker:
 
     def __init__(self, cfg: GenerationConfig):
         self.cfg = cfg
-        angles = 2 * np.pi * np.arange(cfg.Na) / cfg.Na
+        self.grid = grid_info_from_config(cfg)
+        angles, self.angle_index = distinct_angles(cfg.angles, cfg.Na)
+        self.copies_directions = len(angles) != cfg.Na
         s = cfg.solver
         self.solver = ScatteringSolver(cfg.n, cfg.k, angles, angles, box=cfg.box, tol=s.tol, restart=s.restart,
                                        max_iterations=s.max_iterations)
@@ -61,6 +68,19 @@ class SampleMaker:
         cfg = self.cfg
         eta = scatterer.raster(cfg.n, cfg.box, cfg.family.supersample)
         farfield = self.solver.far_field(eta).T
+        if self.copies_directions:
+            farfield = farfield[np.ix_(self.angle_index, self.angle_index)]
+        described = {
+            "family": np.int32(FAMILY_IDS[scatterer.family]),
+            "num_primitives": np.int32(len(scatterer.primitives)),
+            "primitives": scatterer.padded(self.max_primitives, self.columns),
+            "iterations": np.int32(self.solver.last_iterations.max(initial=0)),
+        }
+        if cfg.layout == "farfield":
+            size = self.grid.image_size
+            image = eta if size == cfg.n else scatterer.raster(size, cfg.box, cfg.family.supersample)
+            return {"farfield": farfield.astype(np.complex64), "image": image.astype(np.float32),
+                    "eta": eta.astype(np.float32), **described}
         measure = measure_from_far_field(farfield)
         return {
             "measure": measure.real.astype(np.float32),
@@ -68,10 +88,7 @@ class SampleMaker:
             "coe": scatterer.polar(cfg.Na, cfg.Nr, cfg.polar_radius * cfg.box).astype(np.float32),
             "eta": eta.astype(np.float32),
             "farfield": farfield.astype(np.complex64),
-            "family": np.int32(FAMILY_IDS[scatterer.family]),
-            "num_primitives": np.int32(len(scatterer.primitives)),
-            "primitives": scatterer.padded(self.max_primitives, self.columns),
-            "iterations": np.int32(self.solver.last_iterations.max(initial=0)),
+            **described,
         }
 
     def __call__(self, index: int) -> dict[str, np.ndarray]:

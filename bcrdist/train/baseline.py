@@ -6,10 +6,21 @@ in-distribution set when the data are an out-of-distribution test set, so that t
 from the test family than BCR-Net does). Reports the metrics in the layout of `bcrdist evaluate`'s
 metrics.json plus the chosen λ. Noise is applied to validation and evaluation far fields alike: the
 regularisation is tuned for the noise level, as one would in practice.
+
+Two layouts: Fan's (`farfield` + polar `coe`: radius-weighted error, relative L2 and L1, PSNR; λ on the
+weighted error) and the far-field/image layout (`farfield` + Cartesian `image`: relative L2 and L1, PSNR; λ on
+relative L2). The grid (`bcrdist.physics.layout.GridInfo`) comes from, in this order: the manifest's `grid`
+record; the generator's config in `provenance.config`; for a converted far-field/image file, the shapes of its
+datasets and the options (`GRID_OPTIONS`: k, angles, box, image_points, image_index, sign). An option that
+contradicts the record is refused. On the Cartesian layout an unknown sign is detected on the validation split
+(`bcrdist.physics.born.detect_sign`), `born_fit` (how well the Born far field of the validation images explains
+the data) is reported, and `calibrate` divides the data by its fitted complex factor (for data whose far-field
+normalisation is not γk²; applied after the noise, as processing of a measurement).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -18,102 +29,252 @@ import numpy as np
 from bcrdist.data.dataset import ShardedDataset
 from bcrdist.data.format import read_manifest
 from bcrdist.errors import ConfigError, DataError
-from bcrdist.metrics import sample_statistics, summarize
-from bcrdist.physics.born import BornInversion, noisy_far_field, sample_errors
+from bcrdist.metrics import REPORTED_FOR, SELECTION_DEFAULT, sample_statistics, summarize
+from bcrdist.physics.born import (BornInversion, CartesianBornInversion, born_fit, detect_sign, noisy_far_field,
+                                  sample_errors)
+from bcrdist.physics.layout import GridInfo
 from bcrdist.transforms import output_scale
 
-REQUIRED = ("farfield", "coe")
+TARGET_DATASET = {"polar": "coe", "cartesian": "image"}
+GRID_OPTIONS = ("k", "angles", "box", "image_points", "image_index", "sign")
+CONVERTED_DEFAULTS = {"angles": "endpoint", "image_points": "nodes", "image_index": "xy", "sign": None}
+PIXEL_MAX = 2.0          # PSNR in the training units (targets / output scale: range 2)
+FIT_SAMPLES = 64         # validation samples of the Born fit
 
 
-def operator_settings(manifest) -> dict:
-    """{k, Na, Nr, polar_radius} of a generated data set, from its manifest; DataError if absent/inconsistent."""
-    missing = [d for d in REQUIRED if d not in manifest.datasets]
-    if missing:
-        raise DataError(f"{manifest.root}: no {' or '.join(repr(m) for m in missing)} dataset; the Born baseline "
-                        f"needs the complex far field F[obs, src] and the polar target that `bcrdist generate` "
-                        f"writes")
-    cfg = (manifest.provenance or {}).get("config") or {}
+def _option_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _from_config(manifest, cfg: dict, target: str) -> dict:
+    """GridInfo fields of a generated data set from its generator config (sizes come from the datasets)."""
     try:
-        k = float(cfg["k_over_pi"]) * math.pi
-        radius = float(cfg["polar_radius"]) * float(cfg.get("box", 1.0))
+        box = float(cfg.get("box", 1.0))
+        fields = {"k": float(cfg["k_over_pi"]) * math.pi, "angles": cfg.get("angles", "periodic"), "farfield_sign": -1}
+        if target == "polar":
+            fields["polar_radius"] = float(cfg["polar_radius"]) * box
+        else:
+            fields.update(image_extent=box, image_points="centres", image_index="xy")
     except (KeyError, TypeError, ValueError):
         raise DataError(f"{manifest.path}: provenance.config lacks k_over_pi/polar_radius (not made by "
                         f"`bcrdist generate`?)") from None
-    na, na2 = manifest.datasets["farfield"].shape
-    nt, nr = manifest.datasets["coe"].shape
-    if na != na2 or nt != na:
-        raise DataError(f"{manifest.root}: farfield {(na, na2)} and coe {(nt, nr)} do not share Na angles")
-    if not np.iscomplexobj(np.zeros(0, dtype=manifest.datasets["farfield"].dtype)):
-        raise DataError(f"{manifest.root}: 'farfield' must be complex, got {manifest.datasets['farfield'].dtype}")
-    return {"k": k, "Na": int(na), "Nr": int(nr), "polar_radius": radius}
+    return fields
 
 
-def iterate(path, split, batch_size: int = 256):
-    """Batches (F complex (B, Na, Na), coe (B, Nt, Nr), index (B,)) of a split ('all': every sample)."""
+def _from_options(manifest, options: dict, target: str) -> dict:
+    """GridInfo fields of a converted data set (no grid record, no generator config) from the options."""
+    if target == "polar":
+        raise DataError(f"{manifest.path}: provenance.config lacks k_over_pi/polar_radius (not made by "
+                        f"`bcrdist generate`?)")
+    missing = [_option_flag(key) for key in ("k", "box") if options.get(key) is None]
+    if missing:
+        raise ConfigError(f"{manifest.path}: no grid record and no generator config: pass {' and '.join(missing)} "
+                          f"(the wavenumber and the side of the square the image covers, e.g. --k 16 --box 2 for "
+                          f"the port's [−1, 1]²)")
+    picked = {key: options[key] if options.get(key) is not None else CONVERTED_DEFAULTS[key]
+              for key in CONVERTED_DEFAULTS}
+    return {"k": float(options["k"]), "image_extent": float(options["box"]), "angles": picked["angles"],
+            "image_points": picked["image_points"], "image_index": picked["image_index"],
+            "farfield_sign": picked["sign"]}
+
+
+def _check_options(manifest, fields: dict, options: dict, source: str) -> None:
+    """Refuse an option that contradicts what the data set records."""
+    recorded = {"k": fields.get("k"), "angles": fields.get("angles"), "box": fields.get("image_extent"),
+                "image_points": fields.get("image_points"), "image_index": fields.get("image_index"),
+                "sign": fields.get("farfield_sign")}
+    for key, value in options.items():
+        if value is None or key not in recorded:
+            continue
+        have = recorded[key]
+        same = (math.isclose(float(value), float(have), rel_tol=1e-12) if isinstance(have, float) else value == have)
+        if have is not None and not same:
+            raise ConfigError(f"{_option_flag(key)}: {value!r} contradicts {source} of {manifest.root} ({have!r}); "
+                              f"drop the option")
+
+
+def grid_from_manifest(manifest, options: dict | None = None) -> GridInfo:
+    """The grid of a data set for the Born baseline; DataError when absent or inconsistent with its datasets.
+
+    `options` ({GRID_OPTIONS key: value or None}) fill in what the manifest does not record (converted files);
+    the sign None stays unknown (the baseline detects it).
+    """
+    options = {key: value for key, value in (options or {}).items() if value is not None}
+    unknown = sorted(set(options) - set(GRID_OPTIONS))
+    if unknown:
+        raise ConfigError(f"grid options: unknown {unknown} (expected {', '.join(GRID_OPTIONS)})")
+    datasets = manifest.datasets
+    target = "polar" if "coe" in datasets else "cartesian" if "image" in datasets else None
+    missing = [d for d in ("farfield",) + ((TARGET_DATASET[target],) if target else ("coe",)) if d not in datasets]
+    if missing:
+        raise DataError(f"{manifest.root}: no {' or '.join(repr(m) for m in missing)} dataset; the Born baseline "
+                        f"needs the complex far field F[obs, src] and the polar `coe` or the Cartesian `image` "
+                        f"target (as `bcrdist generate` writes)")
+    spec = datasets["farfield"]
+    if len(spec.shape) != 2 or not np.iscomplexobj(np.zeros(0, dtype=spec.dtype)):
+        raise DataError(f"{manifest.root}: 'farfield' must be complex (B, n_obs, n_inc), got {spec.dtype} "
+                        f"{spec.shape} per sample")
+    provenance_cfg = (manifest.provenance or {}).get("config") or {}
+    record = manifest.raw.get("grid")
+    if record is not None:
+        grid = GridInfo.from_record(record, f"{manifest.path}: grid")
+        fields, source = dataclasses.asdict(grid), "the manifest's grid record"
+    elif "k_over_pi" in provenance_cfg or target == "polar":
+        fields, source = _from_config(manifest, provenance_cfg, target), "provenance.config"
+    else:
+        fields, source = _from_options(manifest, options, target), "the options"
+    _check_options(manifest, fields, options, source)
+    if fields.get("farfield_sign") is None and options.get("sign") is not None:
+        fields["farfield_sign"] = options["sign"]
+    target_shape = datasets[TARGET_DATASET[target]].shape
+    fields.update(target=target, n_obs=spec.shape[0], n_inc=spec.shape[1])
+    if target == "polar":
+        if spec.shape[0] != spec.shape[1] or target_shape[0] != spec.shape[0]:
+            raise DataError(f"{manifest.root}: farfield {spec.shape} and coe {target_shape} do not share Na angles")
+        fields.update(polar_nt=target_shape[0], polar_nr=target_shape[1])
+    else:
+        if len(target_shape) != 2 or target_shape[0] != target_shape[1]:
+            raise DataError(f"{manifest.root}: 'image' must be square (n, n) per sample, got {target_shape}")
+        fields["image_size"] = target_shape[0]
+    fields.pop("version", None)
+    fields.pop("conventions", None)
+    try:
+        grid = GridInfo(**fields)
+    except ValueError as exc:
+        raise DataError(f"{manifest.root}: {str(exc).removeprefix('GridInfo: ')}") from None
+    if record is not None and not _same_operator(grid, GridInfo.from_record(record)):
+        raise DataError(f"{manifest.path}: the grid record does not match the datasets' shapes "
+                        f"(farfield {spec.shape}, {TARGET_DATASET[target]} {target_shape})")
+    return grid
+
+
+def operator_settings(manifest) -> dict:
+    """{k, Na, Nr, polar_radius} of a data set with a polar target, from its manifest (the `operator` entry of
+    the polar baseline's result); DataError if absent/inconsistent."""
+    grid = grid_from_manifest(manifest)
+    if grid.cartesian:
+        raise DataError(f"{manifest.root}: the target is Cartesian ('image'); see grid_from_manifest")
+    return {"k": grid.k, "Na": grid.n_obs, "Nr": grid.polar_nr, "polar_radius": grid.polar_radius}
+
+
+def _same_operator(a: GridInfo, b: GridInfo) -> bool:
+    da, db = dataclasses.asdict(a), dataclasses.asdict(b)
+    da.pop("farfield_sign"), db.pop("farfield_sign")
+    return all(math.isclose(v, db[key], rel_tol=1e-9) if isinstance(v, float) else v == db[key]
+               for key, v in da.items())
+
+
+def iterate(path, split, batch_size: int = 256, target: str = "coe"):
+    """Batches (F complex (B, n_obs, n_inc), target (B, …), index (B,)) of a split ('all': every sample)."""
     reader = ShardedDataset(path, split=None if str(split) == "all" else split, shuffle=False, exact=True,
-                            batch_size=batch_size, datasets=list(REQUIRED))
+                            batch_size=batch_size, datasets=["farfield", target])
     for batch in reader:
-        yield batch["farfield"].numpy(), batch["coe"].numpy(), batch["index"].numpy()
+        yield batch["farfield"].numpy(), batch[target].numpy(), batch["index"].numpy()
 
 
-def load(path, split, batch_size: int = 256):
-    """The whole split at once: (F, coe, index)."""
-    parts = list(iterate(path, split, batch_size))
+def load(path, split, batch_size: int = 256, target: str = "coe"):
+    """The whole split at once: (F, target, index)."""
+    parts = list(iterate(path, split, batch_size, target))
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
 
 
+def _fit_record(fits: dict) -> dict:
+    return {str(sign): {"score": f["score"], "scale": [f["scale"].real, f["scale"].imag]} for sign, f in fits.items()}
+
+
 def evaluate_born_baseline(data, split="test", val_data=None, val_split="val", noise=0.0, seed=0, entries="farfield",
-                 norm="area", lam=None, grid=49, out_scale=None, batch_size=256) -> dict:
-    """Fit λ (unless given) and evaluate; returns the result document (see module docstring)."""
+                           norm="area", lam=None, grid=49, out_scale=None, batch_size=256, grid_options=None,
+                           calibrate=False) -> dict:
+    """Fit λ (unless given) and evaluate; returns the result document (see module docstring).
+
+    `grid_options`: {GRID_OPTIONS key: value} for data sets that do not record their grid (sign −1, +1 or None
+    = detect); `calibrate`: divide the far fields by the complex factor of the Born fit on the validation split.
+    """
     start = time.monotonic()
     if noise < 0:
         raise ConfigError(f"--noise: must be ≥ 0 (percent), got {noise}")
     if grid < 2:
         raise ConfigError(f"--grid: need at least 2 λ candidates, got {grid}")
     val_data = data if val_data is None else val_data
-    settings = operator_settings(read_manifest(data))
+    geometry = grid_from_manifest(read_manifest(data), grid_options)
     val_manifest = read_manifest(val_data)
-    val_settings = operator_settings(val_manifest)
-    if any(not math.isclose(settings[key], val_settings[key], rel_tol=1e-9) for key in settings):
-        raise DataError(f"{val_data} and {data} were generated with different operators ({val_settings} vs "
-                        f"{settings}); λ must be chosen on data of the same k, Na, Nr and polar radius")
+    val_geometry = grid_from_manifest(val_manifest, grid_options)
+    kind = geometry.target
+    target_name = TARGET_DATASET[kind]
+    if not _same_operator(geometry, val_geometry):
+        what = "k, Na, Nr and polar radius" if kind == "polar" else "k, angle grids and image grid"
+        raise DataError(f"{val_data} and {data} were generated with different operators "
+                        f"({val_geometry.to_record()} vs {geometry.to_record()}); λ must be chosen on data of the "
+                        f"same {what}")
+    if kind == "polar" and calibrate:
+        raise ConfigError("--calibrate: applies to the Cartesian (far-field/image) layout only")
     scale_source = "--out-scale"
     if out_scale is None:
-        stats = (val_manifest.statistics or {}).get("coe")
+        stats = (val_manifest.statistics or {}).get(target_name)
         if stats is not None:
             out_scale, scale_source = output_scale(stats["min"], stats["max"]), f"statistics of {val_data}"
     elif not (math.isfinite(out_scale) and out_scale > 0):
         raise ConfigError(f"--out-scale: must be finite and > 0, got {out_scale}")
-    inv = BornInversion(settings["k"], settings["Na"], settings["Nr"], settings["polar_radius"], entries=entries,
-                        norm=norm)
+    metric = SELECTION_DEFAULT[kind]
     doc = {"method": "born-tikhonov", "data": str(data), "split": str(split), "noise": noise, "seed": seed,
-           "entries": entries, "norm": norm, "operator": settings}
+           "entries": entries, "norm": norm}
+    need_val = lam is None or (kind == "cartesian" and (geometry.farfield_sign is None or calibrate))
+    if need_val:
+        F_val, target_val, idx_val = load(val_data, val_split, batch_size, target_name)
+        F_val = noisy_far_field(F_val, noise, idx_val, seed)
+    factor = 1.0
+    if kind == "polar":
+        settings = {"k": geometry.k, "Na": geometry.n_obs, "Nr": geometry.polar_nr, "polar_radius": geometry.polar_radius}
+        doc["operator"] = settings
+        inv = BornInversion(settings["k"], settings["Na"], settings["Nr"], settings["polar_radius"], entries=entries,
+                            norm=norm)
+    else:
+        if entries != "farfield":
+            raise ConfigError("--entries: 'measure' applies to Fan's polar layout only")
+        if need_val:
+            fit_f, fit_img = F_val[:FIT_SAMPLES], target_val[:FIT_SAMPLES]
+            if geometry.farfield_sign is None:
+                try:
+                    sign, fits = detect_sign(geometry, fit_f, fit_img)
+                except ValueError as exc:
+                    raise DataError(f"{val_data}: {exc}; pass --sign") from None
+                geometry = geometry.with_sign(sign)
+                doc["sign_source"] = f"detected on {val_data} split {val_split}"
+            else:
+                fits = born_fit(geometry, fit_f, fit_img)
+                doc["sign_source"] = "recorded"
+            doc["born_fit"] = _fit_record(fits)
+            if calibrate:
+                factor = fits[geometry.farfield_sign]["scale"]
+                doc["calibration"] = [factor.real, factor.imag]
+                F_val = F_val / factor
+        inv = CartesianBornInversion(geometry, norm=norm)
+    doc["grid"] = geometry.to_record()
     if lam is None:
-        F_val, coe_val, idx_val = load(val_data, val_split, batch_size)
         if out_scale is None:   # no statistics stored: the validation targets' range
-            out_scale = output_scale(coe_val.min(), coe_val.max())
+            out_scale = output_scale(target_val.min(), target_val.max())
             scale_source = f"range of {val_data} split {val_split}"
-        lam = inv.fit_lambda(noisy_far_field(F_val, noise, idx_val, seed), coe_val,
-                             inv.lambda_grid(grid))
+        lam = inv.fit_lambda(F_val, target_val, inv.lambda_grid(grid))
         lambdas, errors = inv.val_curve
         best = int(np.argmin(errors))
         doc.update({"val_data": str(val_data), "val_split": str(val_split),
-                    "val_weighted": float(errors[best]), "val_count": int(len(idx_val)),
+                    f"val_{metric}": float(errors[best]), "val_count": int(len(idx_val)),
                     "lambda_curve": {"lambda_relative": (lambdas / inv.sigma_max ** 2).tolist(),
-                                     "val_weighted": errors.tolist()}})
+                                     f"val_{metric}": errors.tolist()}})
     elif not (math.isfinite(lam) and lam >= 0):
         raise ConfigError(f"--lambda: must be finite and ≥ 0, got {lam}")
     elif out_scale is None:
-        raise DataError(f"{val_manifest.path}: no statistics for 'coe' to set the PSNR units; run "
+        raise DataError(f"{val_manifest.path}: no statistics for {target_name!r} to set the PSNR units; run "
                         f"`bcrdist stats {val_data}` or pass --out-scale")
     doc["out_scale"], doc["out_scale_source"] = float(out_scale), scale_source
-    errors = {"weighted": [], "rel_l2": [], "psnr": []}
-    for F, coe, idx in iterate(data, split, batch_size):
-        pred = inv.predict(noisy_far_field(F, noise, idx, seed), lam)
-        for name, e in sample_errors(pred, coe, out_scale).items():
+    errors = {name: [] for name in REPORTED_FOR[kind]}
+    for F, target, idx in iterate(data, split, batch_size, target_name):
+        pred = inv.predict(noisy_far_field(F, noise, idx, seed) / factor, lam)
+        for name, e in sample_errors(pred, target, out_scale, kind).items():
             errors[name].append(e)
     doc["lambda"] = float(lam)
     doc["lambda_relative"] = float(lam / inv.sigma_max ** 2)
-    doc["metrics"] = summarize({name: sample_statistics(name, np.concatenate(e)) for name, e in errors.items()})
+    doc["metrics"] = summarize({name: sample_statistics(name, np.concatenate(e)) for name, e in errors.items()},
+                               pixel_max=PIXEL_MAX)
     doc["seconds"] = time.monotonic() - start
     return doc

@@ -1,7 +1,9 @@
 """PNG plots of evaluation results (matplotlib, Agg backend).
 
-Polar images are (Nt, Nr) arrays on θ_j = 2πj/Nt, ρ_i = (i + ½)·R/Nr; the Cartesian view resamples them
-onto an n×n grid of [−R, R]² (bilinear in (θ, ρ), periodic in θ, NaN outside the disk).
+The target's grid (`bcrdist.physics.layout.GridInfo`) chooses the view. Polar images are (Nt, Nr) arrays on
+θ_j = 2πj/Nt, ρ_i = (i + ½)·R/Nr, shown as (θ, ρ) wedges and in a Cartesian view that resamples them onto an
+n×n grid of [−R, R]² (bilinear in (θ, ρ), periodic in θ, NaN outside the disk). Cartesian images (n, n) are
+shown as they are, pixel for pixel, on their square [−L/2, L/2]² with x to the right and y up.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from bcrdist.physics.layout import GridInfo  # noqa: E402
 
 
 def polar_to_cartesian(img: np.ndarray, n: int = 96) -> np.ndarray:
@@ -37,11 +41,11 @@ def polar_to_cartesian(img: np.ndarray, n: int = 96) -> np.ndarray:
     return out
 
 
-def plot_samples(true: np.ndarray, pred: np.ndarray, errors: np.ndarray, indices, path: Path) -> Path:
-    """True / predicted / error for each sample (rows), in polar (θ, ρ) and Cartesian views.
-
-    true, pred (K, Nt, Nr); errors (K,) the per-sample relative errors; indices the global sample ids.
-    """
+def sample_figure(true: np.ndarray, pred: np.ndarray, errors: np.ndarray, indices, grid: GridInfo | None = None):
+    """The figure of `plot_samples` (rows: samples): polar (θ, ρ) and resampled Cartesian views of polar images
+    (`grid` None or polar), or true / predicted / error images as they are on a Cartesian grid."""
+    if grid is not None and grid.cartesian:
+        return _cartesian_figure(true, pred, errors, indices, grid)
     k = len(true)
     fig, axes = plt.subplots(k, 5, figsize=(17, 3.2 * k), squeeze=False)
     for row in range(k):
@@ -68,12 +72,51 @@ def plot_samples(true: np.ndarray, pred: np.ndarray, errors: np.ndarray, indices
             ax.set_ylabel("y / R")
             fig.colorbar(h, ax=ax, fraction=0.046)
     fig.tight_layout()
+    return fig
+
+
+def _cartesian_figure(true, pred, errors, indices, grid: GridInfo):
+    """True / predicted / error of (K, n, n) Cartesian images; image[i, j] = η(x_i, y_j) is drawn transposed so
+    that x runs to the right (`grid.image_index` "yx": as stored)."""
+    k = len(true)
+    half = 0.5 * grid.image_extent
+    pad = 0.5 * grid.pixel_spacing() if grid.image_points == "nodes" else 0.0   # node pixels straddle the edges
+    extent = (-half - pad, half + pad, -half - pad, half + pad)
+    fig, axes = plt.subplots(k, 3, figsize=(11, 3.4 * k), squeeze=False)
+    for row in range(k):
+        t, p = true[row], pred[row]
+        lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+        err = p - t
+        bound = float(np.abs(err).max()) or 1.0
+        panels = [(t, f"sample {indices[row]}: true η", "viridis", lo, hi), (p, "predicted η", "viridis", lo, hi),
+                  (err, f"error, rel. error {errors[row]:.3f}", "RdBu_r", -bound, bound)]
+        for col, (im, title, cmap, vmin, vmax) in enumerate(panels):
+            ax = axes[row, col]
+            h = ax.imshow(im.T if grid.image_index == "xy" else im, origin="lower", cmap=cmap, vmin=vmin,
+                          vmax=vmax, extent=extent, interpolation="nearest")
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("x")
+            ax.set_ylabel("y")
+            fig.colorbar(h, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def plot_samples(true: np.ndarray, pred: np.ndarray, errors: np.ndarray, indices, path: Path,
+                 grid: GridInfo | None = None) -> Path:
+    """True / predicted / error for each sample (rows) as a PNG, in the views of the target's grid
+    (`sample_figure`; None: polar).
+
+    true, pred (K, Nt, Nr) or (K, n, n); errors (K,) the per-sample relative errors; indices the global sample ids.
+    """
+    fig = sample_figure(true, pred, errors, indices, grid)
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
 
 
 def plot_error_histogram(errors: np.ndarray, path: Path, label: str = "radius-weighted relative error") -> Path:
+    """Histogram of per-sample errors (label: the metric, e.g. "relative L2 error" on a Cartesian target)."""
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.hist(errors, bins=min(50, max(10, len(errors) // 5)), color="tab:blue", alpha=0.8)
     ax.axvline(float(np.mean(errors)), color="k", linestyle="--", label=f"mean {np.mean(errors):.4f}")
