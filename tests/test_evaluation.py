@@ -1,4 +1,5 @@
-"""The one evaluation loop (`bcrdist.train.evaluation.evaluate_model`), checked against NumPy."""
+"""The one evaluation loop (`bcrdist.train.evaluation.evaluate_model`), checked against NumPy, and its
+refusal of non-finite errors (naming the samples, data or model at fault)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from torch import nn
 
 from bcrdist.distributed.launch_env import LaunchEnv
 from bcrdist.distributed.process_group import DistContext
-from bcrdist.train.evaluation import evaluate_model
+from bcrdist.errors import DataError
+from bcrdist.train.evaluation import NonFiniteSamples, check_finite, evaluate_model, sample_list
 
 
 class TwoHeads(nn.Module):
@@ -58,3 +60,48 @@ def test_evaluate_model_matches_numpy_for_both_heads_and_restores_the_mode():
         assert stats[head]["psnr"]["mean"] == pytest.approx(-db.mean(), rel=1e-5)   # selection error: −PSNR
     only_out = evaluate_model(model, iter(batches), ctx, ("weighted",))
     assert set(only_out) == {"out"} and only_out["out"]["weighted"] == stats["out"]["weighted"]
+
+
+def one_process() -> DistContext:
+    return DistContext(LaunchEnv("single", 0, 1, 0, "127.0.0.1", 0), torch.device("cpu"))
+
+
+def nan_batches():
+    """Three batches (x (B, 4, 3), y (B, 4, 2), index): sample 11 has a NaN input, sample 20 a NaN target."""
+    rng = np.random.default_rng(2)
+    batches = []
+    for i, n in enumerate((5, 3, 1)):
+        x = torch.from_numpy(rng.standard_normal((n, 4, 3))).float()
+        y = torch.from_numpy(rng.standard_normal((n, 4, 2))).float()
+        batches.append((x, y, torch.arange(n) + 10 * i))
+    batches[1][0][1, 0, 0] = float("nan")
+    batches[2][1][0, 3, 1] = float("nan")
+    return batches
+
+
+def test_non_finite_data_are_named_not_reported_as_a_metric():
+    ctx, bad = one_process(), NonFiniteSamples()
+    stats = evaluate_model(TwoHeads(), iter(nan_batches()), ctx, ("weighted",), on_batch=bad)
+    assert bad.found() == ([11, 20], [])
+    with pytest.raises(DataError, match=r"^DATA: test split: non-finite values in the inputs or targets of samples "
+                                        r"11, 20; `bcrdist verify` checks a data set$"):
+        check_finite(stats, bad, ctx, "DATA: test split")
+    clean = [b for i, b in enumerate(nan_batches()) if i == 0]
+    check_finite(evaluate_model(TwoHeads(), iter(clean), ctx, ("weighted",), on_batch=NonFiniteSamples()),
+                 NonFiniteSamples(), ctx, "never raised")
+
+
+def test_non_finite_predictions_of_finite_data_are_the_models_fault():
+    ctx, bad, model = one_process(), NonFiniteSamples(), TwoHeads()
+    with torch.no_grad():
+        model.w[0, 0] = float("inf")
+    batches = [b for i, b in enumerate(nan_batches()) if i == 0]
+    stats = evaluate_model(model, iter(batches), ctx, ("weighted", "rel_l2"), on_batch=bad)
+    with pytest.raises(ValueError, match=r"^V: the model's predictions are not finite for samples 0, 1, 2, 3, 4 "
+                                         r"\(the data are finite\); tail$"):
+        check_finite(stats, bad, ctx, "V", model_error=ValueError, after="; tail")
+
+
+def test_sample_lists_are_short():
+    assert sample_list([3, 17]) == "3, 17"
+    assert sample_list(range(20)) == "0, 1, 2, 3, 4, 5, 6, 7, … (20 samples)"

@@ -180,3 +180,14 @@ def test_random_state_restores_the_cuda_generators(tmp_path):
     assert len(state["cuda"]) == torch.cuda.device_count()
     RandomState().load_state_dict(state)
     assert torch.equal(torch.rand(4, device="cuda"), expected)
+
+
+def test_a_write_failure_is_one_line_naming_the_file_once():
+    import errno
+
+    from bcrdist.train.state import write_failure
+
+    raw = OSError(errno.ENOSPC, "No space left on device")
+    assert write_failure("/r/last.pt", raw) == "/r/last.pt: cannot write: No space left on device"
+    named = OSError(errno.ENOSPC, "/r/last.pt: cannot write: No space\nleft on device")
+    assert write_failure("/r/last.pt", named) == "/r/last.pt: cannot write: No space left on device"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -137,7 +138,7 @@ def test_mpiexec_two_ranks_with_early_stopping_and_reduce_lr_finish(data, tmp_pa
 def test_diverging_run_rolls_back_then_stops_with_one_line(data, tmp_path):
     cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run", optim={"lr": 1e6},
                        data={"path": str(data), "n_valid": 24, "normalize_input": False},
-                       schedule={"max_nan_failures": 2, "nan_lr_factor": 1.0, "pretrain_stages": [[1, 1.0]],
+                       schedule={"max_nan_failures": 2, "nan_lr_factor": 0.9, "pretrain_stages": [[1, 1.0]],
                                  "finetune": False, "epochs": 3})
     r = run_bcrdist("train", "--config", str(cfg), check=False)
     assert r.returncode == 2
@@ -228,3 +229,80 @@ def test_initial_weights_branch_and_keras_compat(data, tmp_path):
     assert {r["phase"] for r in rows} == {"finetune"} and len(rows) == 2
     assert all(abs(r["lr"] - 1e-4) < 1e-12 for r in rows)
     assert rows[0]["global_batch"] == 16
+
+
+# ------------------------------------------------------------------ issue 12: one line instead of tracebacks
+
+
+def one_line_error(r: subprocess.CompletedProcess) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1, (r.returncode, r.stderr)
+    return lines[0]
+
+
+def test_evaluate_without_plots_and_with_data_of_another_size(data, tmp_path):
+    """`evaluate --plots 0` failed ("Number of rows must be a positive integer"); a checkpoint made for another
+    input size was a shape error naming neither the checkpoint nor the data."""
+    cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run",
+                       schedule={"max_steps": 2, "pretrain_stages": [[1, 1.0]], "finetune": False})
+    run_bcrdist("train", "--config", str(cfg))
+    ckpt = tmp_path / "run/checkpoints/best.pt"
+    run_bcrdist("evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(tmp_path / "e"),
+                "--plots", "0")
+    assert (tmp_path / "e/metrics.json").is_file() and (tmp_path / "e/error_histogram.png").is_file()
+    assert not (tmp_path / "e/samples.png").exists()
+    wide = make_dataset(tmp_path / "wide", n=60, ns=32, nd=8, per_shard=30, val=6)
+    r = run_bcrdist("evaluate", "--checkpoint", str(ckpt), "--data", str(wide), "--out", str(tmp_path / "w"),
+                    check=False)
+    assert r.returncode == 2
+    line = one_line_error(r)
+    assert f"{ckpt}: a model for input 16×8 → output 16×6, but the data set {wide} has input 32×8 → target 32×6" \
+        in line, line
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (root only), unmounted after the test."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_previous_files(data, small_disk, tmp_path):
+    import hashlib
+    import os
+
+    cfg = write_config(tmp_path / "c.yaml", data, small_disk / "run", results_table=None,
+                       schedule={"max_steps": 3, "pretrain_stages": [[1, 1.0]], "finetune": False})
+    run_bcrdist("train", "--config", str(cfg))
+    run = small_disk / "run"
+    kept = ("results.json", "config.yaml", "checkpoints/best.pt", "checkpoints/last.pt")
+
+    def hashes():
+        return {name: hashlib.sha256((run / name).read_bytes()).hexdigest() for name in kept}
+
+    before = hashes()
+    # leave room for log lines, not for a checkpoint (last.pt is about 60 kB)
+    st = os.statvfs(small_disk)
+    room = (run / "checkpoints/last.pt").stat().st_size // 3
+    (small_disk / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - room))
+    r = run_bcrdist("train", "--config", str(cfg), "--resume", "auto", "--set", "schedule.max_steps=30",
+                    check=False, timeout=240)
+    assert r.returncode == 2
+    line = one_line_error(r)
+    assert re.fullmatch(rf"bcrdist train: error: {re.escape(str(run / 'checkpoints'))}/(last|best)\.pt: cannot "
+                        rf"write: No space left on device", line), line
+    assert hashes() == before
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]   # no temporaries

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from bcrdist.config import find_config, load_config
-from bcrdist.errors import BcrdistError, ConfigError
+from bcrdist.errors import BcrdistError
 from bcrdist.train.config import TrainConfig
 
 class StepFailed(BcrdistError):

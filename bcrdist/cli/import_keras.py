@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 
 from bcrdist.config import load_config, to_dict
-from bcrdist.errors import ConfigError
+from bcrdist.errors import BcrdistError, ConfigError
+from bcrdist.fileio import one_line
 from bcrdist.models.checkpoint import save_model
 from bcrdist.models.keras import load_keras_weights
 from bcrdist.models.scattering import ScatteringModel
@@ -49,7 +50,10 @@ def run_import_keras(args: argparse.Namespace) -> int:
         raise ConfigError(f"model: {exc} (input {tuple(n_input)}, output {tuple(n_output)})") from None
     load_keras_weights(model.net, args.weights)
     model.out_scale.fill_(args.output_scale)
-    save_model(args.out, model, config=to_dict(cfg), source=f"keras:{args.weights}")
+    try:
+        save_model(args.out, model, config=to_dict(cfg), source=f"keras:{args.weights}")
+    except OSError as exc:
+        raise BcrdistError(one_line(exc)) from None
     print(f"imported {args.weights} into {args.out} "
           f"({sum(p.numel() for p in model.net.parameters()):,} parameters)")
     return 0

@@ -12,8 +12,8 @@ import h5py
 import numpy as np
 import torch
 
-from bcrdist.errors import DataError
-from bcrdist.fileio import atomic_write
+from bcrdist.errors import BcrdistError, DataError
+from bcrdist.fileio import atomic_write, one_line
 from bcrdist.models.checkpoint import load_model
 
 
@@ -63,6 +63,9 @@ def run_predict(args: argparse.Namespace) -> int:
             f["pred"] = pred
             f.attrs["checkpoint"] = str(args.checkpoint)
 
-    atomic_write(out, write)
+    try:
+        atomic_write(out, write)
+    except OSError as exc:
+        raise BcrdistError(one_line(exc)) from None
     print(f"wrote {len(pred)} predictions {pred.shape[1:]} to {out}")
     return 0

@@ -1,28 +1,55 @@
-"""`bcrdist train --config CFG.yaml [--set key=value ...] [--resume auto]`, also accepting the original
-script's flags (mapped onto config keys; see `ORIGINAL_FLAGS` and the README).
+"""`bcrdist train --config CFG.yaml [--set key=value ...] [--resume auto | --restart]`, also accepting the
+original script's flags (mapped onto config keys; see `ORIGINAL_FLAGS` and the README).
 
 Runs one rank: launch several with torchrun, srun or mpiexec (the launcher is detected).
+
+A run directory holds one run (`bcrdist.train.run_dir`): training into one that holds a run needs
+`--resume auto` (continue it; a finished run is reported complete and left as it is) or `--restart` (rename
+it to RUN.old-YYYYmmdd-HHMMSS and start over; nothing is deleted), and a second training into a directory in
+use is refused. Exit status:
+
+    0    trained to the end, the run was already complete, or a Slurm/submitit requeue took over
+    1    the run failed in another way (its message says why)
+    2    a user error: config, data, run directory, a failed write (disk full), training diverged — one line
+    130  Ctrl-C: last.pt saved at the next step (a second Ctrl-C aborts at once)
+    140  SIGUSR2 and 143 SIGTERM (128 + the signal's number) when no requeue followed: outside Slurm, or the
+         requeue failed; last.pt is saved, continue with --resume auto
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import yaml
 
-from bcrdist.config import load_config, to_dict
-from bcrdist.errors import ConfigError
+from bcrdist.config import closest_key, load_config, to_dict
+from bcrdist.errors import BcrdistError, ConfigError
 from bcrdist.train.config import TrainConfig
+
+EPILOG = """\
+a run directory holds one run: train into one that holds a run with --resume auto (continue it; a finished
+run is reported complete, exit 0) or --restart (renames it to RUN.old-YYYYmmdd-HHMMSS; nothing is deleted).
+exit status: 0 done (or complete, or requeued by Slurm/submitit); 2 user error (one line); 130 Ctrl-C
+(last.pt saved); 140 SIGUSR2, 143 SIGTERM without a requeue (last.pt saved; continue with --resume auto)."""
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog = EPILOG
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--config", help="YAML config (see docs/configuration.md); defaults apply without it")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set schedule.epochs=5 (repeatable)")
-    p.add_argument("--resume", help="'auto' to continue from RUN/checkpoints/last.pt when present, or a path")
-    p.add_argument("--print", dest="print_key", metavar="KEY",
-                   help="validate the config, print the resolved value of KEY (e.g. run_dir, or 'all') and exit")
+                   help="override a config key, e.g. --set schedule.epochs=5 (repeatable; list them with "
+                        "`bcrdist config keys`)")
+    p.add_argument("--resume", metavar="auto|PATH", help="'auto' to continue the run in run_dir from RUN/checkpoints/last.pt when "
+                   "present (a finished run is reported complete), or a checkpoint path")
+    p.add_argument("--restart", action="store_true",
+                   help="run_dir holds a run: rename it to RUN.old-YYYYmmdd-HHMMSS (nothing is deleted) and start "
+                        "over in an empty run_dir")
+    p.add_argument("--print", dest="print_key", metavar="KEY|all",
+                   help="validate the config, print the resolved value of KEY (a key such as schedule.epochs, a "
+                        "section such as schedule as YAML, or 'all' for the whole config) and exit without training")
     orig = p.add_argument_group("the original scatteringInv.py flags")
     orig.add_argument("--epoch", type=int)
     orig.add_argument("--alpha", type=int)
@@ -68,6 +95,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return load_config(args.config, TrainConfig, overrides)
 
 
+def exit_status(result: dict) -> int:
+    """The process's exit status for what `train` returned (see the module docstring)."""
+    from bcrdist.train.preemption import exit_code
+
+    status = result.get("status")
+    if status in ("preempted", "interrupted"):
+        return 0 if result.get("requeued") else exit_code(result["signal"])
+    return 1 if status == "failed" else 0
+
+
 def run_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.print_key:
@@ -75,11 +112,30 @@ def run_train(args: argparse.Namespace) -> int:
         if args.print_key != "all":
             for part in args.print_key.split("."):
                 if not isinstance(value, dict) or part not in value:
-                    raise ConfigError(f"--print: no config key {args.print_key!r}")
+                    guess = closest_key(TrainConfig, args.print_key)
+                    raise ConfigError(f"--print: no config key {args.print_key!r}"
+                                      + (f" (did you mean '{guess}'?)" if guess else ""))
                 value = value[part]
         print(yaml.safe_dump(value, sort_keys=False).strip() if isinstance(value, (dict, list)) else value)
         return 0
+    from bcrdist.fileio import one_line
     from bcrdist.train.trainer import train
 
-    result = train(cfg)
-    return 0 if result.get("status") != "failed" else 1
+    try:
+        result = train(cfg, restart=args.restart)
+    except KeyboardInterrupt:
+        # Ctrl-C outside the training loop (reading the data, building the model, the final evaluation)
+        last = os.path.join(cfg.run_dir, "checkpoints", "last.pt")
+        saved = f"{last} holds the last saved state" if os.path.isfile(last) else "nothing was saved"
+        print(f"bcrdist train: interrupted (Ctrl-C) outside the training loop; {saved}", file=sys.stderr)
+        return 130
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        # a write the trainer does not wrap (train.log, metrics.jsonl): one line with the errno's meaning
+        text = one_line(exc)
+        raise BcrdistError(text if exc.filename else f"{cfg.run_dir}: writing the run's files failed: {text}") \
+            from None
+    if result.get("message") and result.get("status") != "complete":
+        print(f"bcrdist train: {result['message']}", file=sys.stderr)
+    return exit_status(result)

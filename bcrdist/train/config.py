@@ -144,8 +144,9 @@ class ScheduleConfig:
 class CheckpointConfig:
     every_steps: int = setting(500, help="write `last.pt` every this many optimizer steps (also at every stage "
                                "end and on preemption)", low=1)
-    resume: str | None = setting(None, help="`auto`: continue from `RUN/checkpoints/last.pt` if it exists; or a "
-                                 "checkpoint path")
+    resume: str | None = setting(None, help="`auto`: continue the run in `run_dir` from `RUN/checkpoints/last.pt` "
+                                 "if it exists (a finished run is reported complete and left as it is); or a "
+                                 "checkpoint path; a resume may not change what the run is (see below)")
 
 
 @dataclass

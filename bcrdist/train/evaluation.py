@@ -3,14 +3,18 @@ trainer's per-epoch model selection and its final metrics, and `bcrdist evaluate
 the library half of `bcrdist evaluate`.
 
 Every sample counts once, also under torchrun: each rank evaluates its part and the per-rank sums are
-all-reduced (`bcrdist.metrics.ErrorAccumulator`). `evaluate_checkpoint` also writes a predictions file like
-the original's (`input`, `output`, `pred` for the first samples, in training units, plus `index` and
-`pred_eta` in physical units) and PNG plots: true / predicted / error images in polar and Cartesian views,
-the error histogram, and training curves from the run's metrics.jsonl.
+all-reduced (`bcrdist.metrics.ErrorAccumulator`). A non-finite error is never reported as a metric:
+`NonFiniteSamples` notes, without a device sync, which samples' errors or data are not finite, and
+`check_finite` turns a non-finite mean into one line naming them (data or model at fault).
+`evaluate_checkpoint` also writes a predictions file like the original's (`input`, `output`, `pred` for the
+first samples, in training units, plus `index` and `pred_eta` in physical units) and PNG plots: true /
+predicted / error images in polar and Cartesian views, the error histogram, and training curves from the
+run's metrics.jsonl.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -19,12 +23,75 @@ import numpy as np
 import torch
 
 from bcrdist.data.dataset import ShardedDataset
+from bcrdist.data.format import read_manifest
 from bcrdist.data.preprocess import Preprocess
 from bcrdist.distributed import init_distributed, shutdown_distributed
+from bcrdist.errors import DataError
 from bcrdist.fileio import atomic_write, atomic_write_json, json_safe
 from bcrdist.metrics import REPORTED, ErrorAccumulator, per_sample_error, summarize
 from bcrdist.models.checkpoint import load_model
 from bcrdist.train import plots
+from bcrdist.transforms import network_input_shape
+
+SHOWN_SAMPLES = 8
+
+
+def gather(ctx, obj) -> list:
+    """Every rank's `obj`, in rank order, on every rank (one broadcast per rank: for the rare error paths)."""
+    if not ctx.distributed:
+        return [obj]
+    return [ctx.broadcast_object(obj if ctx.rank == r else None, src=r) for r in range(ctx.world_size)]
+
+
+def sample_list(indices) -> str:
+    """'3, 17, 40' or '3, 17, … (12 samples)'."""
+    indices = [int(i) for i in indices]
+    shown = ", ".join(map(str, indices[:SHOWN_SAMPLES]))
+    return shown if len(indices) <= SHOWN_SAMPLES else f"{shown}, … ({len(indices)} samples)"
+
+
+class NonFiniteSamples:
+    """An `on_batch` for `evaluate_model` with batches (x, y, index): keeps, per batch and on the device, the
+    global indices and whether each sample's errors and its input and target are finite."""
+
+    def __init__(self):
+        self.parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def __call__(self, x, y, pred, errors, index=None, *extra) -> None:
+        if index is None:
+            return
+        finite_errors = torch.stack([torch.isfinite(e) for e in errors.values()]).all(dim=0)
+        finite_data = torch.isfinite(x).flatten(1).all(dim=1) & torch.isfinite(y).flatten(1).all(dim=1)
+        self.parts.append((index, finite_errors, finite_data))
+
+    def found(self) -> tuple[list[int], list[int]]:
+        """This rank's (samples with non-finite inputs or targets, samples with finite data but a non-finite
+        error)."""
+        bad_data, bad_pred = [], []
+        for index, finite_errors, finite_data in self.parts:
+            index = torch.as_tensor(index).cpu()
+            data_ok, err_ok = finite_data.cpu(), finite_errors.cpu()
+            bad_data += index[~data_ok].tolist()
+            bad_pred += index[data_ok & ~err_ok].tolist()
+        return bad_data, bad_pred
+
+
+def check_finite(stats: dict[str, dict[str, dict]], samples: NonFiniteSamples, ctx, where: str,
+                 data_error=DataError, model_error=DataError, after: str = "") -> None:
+    """Raise when a mean of `stats` ({head: {metric: {mean, …}}}, all-reduced) is not finite: `data_error`
+    when inputs or targets of samples are not finite, else `model_error`; one line starting with `where`,
+    naming the samples. Every rank must call it (the samples are gathered when it fails)."""
+    if all(math.isfinite(s["mean"]) for per_head in stats.values() for s in per_head.values() if s["count"]):
+        return
+    parts = gather(ctx, samples.found())
+    bad_data = sorted(i for data, _ in parts for i in data)
+    bad_pred = sorted(i for _, pred in parts for i in pred)
+    if bad_data:
+        raise data_error(f"{where}: non-finite values in the inputs or targets of samples {sample_list(bad_data)}; "
+                         f"`bcrdist verify` checks a data set{after}")
+    which = f" for samples {sample_list(bad_pred)}" if bad_pred else ""
+    raise model_error(f"{where}: the model's predictions are not finite{which} (the data are finite){after}")
+
 
 @torch.no_grad()
 def evaluate_model(model, batches: Iterable[tuple], ctx, metrics=REPORTED, heads=("out",),
@@ -58,12 +125,31 @@ def evaluate_model(model, batches: Iterable[tuple], ctx, metrics=REPORTED, heads
 N_SAVED = 100
 
 
+def check_shapes(model, checkpoint, data) -> None:
+    """Refuse a data set whose samples are not the shapes `model` was made for, naming both."""
+    manifest = read_manifest(data)
+    try:
+        measure, coe = manifest.datasets["measure"].shape, manifest.datasets["coe"].shape
+    except KeyError as exc:
+        raise DataError(f"{manifest.path}: no dataset {exc} to evaluate on") from None
+    n_input = network_input_shape(measure, model.use_imag)
+    want_in, want_out = tuple(model.net.n_input), tuple(model.net.n_output)
+    if tuple(n_input) != want_in or tuple(coe) != want_out:
+        def shape(s) -> str:
+            return "×".join(map(str, s))
+        raise DataError(f"{checkpoint}: a model for input {shape(want_in)} → output {shape(want_out)}, but the data "
+                        f"set {data} has input {shape(n_input)} → target {shape(coe)} (measure {shape(measure)}"
+                        f"{', with measure_imag' if model.use_imag else ''}); evaluate it on data of its size")
+
+
 def evaluate_checkpoint(checkpoint, data, split="test", out=None, noise=0.0, n_plots=4, batch_size=64,
                         device="auto") -> dict:
-    """Evaluate on every rank of the current launch; rank 0 writes the files. Returns the metrics."""
+    """Evaluate on every rank of the current launch; rank 0 writes the files. Returns the metrics.
+    `n_plots` 0: no sample plot."""
     ctx = init_distributed(device)
     try:
         model, meta = load_model(checkpoint, device=ctx.device, with_meta=True)
+        check_shapes(model, checkpoint, data)
         run_dir = Path(checkpoint).resolve().parent.parent
         out = Path(out) if out else run_dir / f"eval-{Path(str(split)).stem}"
         spec = Preprocess(input="measure", target="coe", input_imag="measure_imag" if model.use_imag else None,
@@ -73,6 +159,7 @@ def evaluate_checkpoint(checkpoint, data, split="test", out=None, noise=0.0, n_p
                                 preprocess=spec, seed=meta.get("seed", 0))
         scale = float(model.out_scale)
         keep = {"index": [], "input": [], "target": [], "pred": [], "error": []}
+        nonfinite = NonFiniteSamples()
 
         def batches():
             for batch in reader:
@@ -80,6 +167,7 @@ def evaluate_checkpoint(checkpoint, data, split="test", out=None, noise=0.0, n_p
                 yield batch["input"].to(ctx.device), batch["target"].to(ctx.device) / scale, batch["index"]
 
         def keep_first(x, y, pred, errors, index) -> None:
+            nonfinite(x, y, pred, errors, index)
             n_kept = sum(len(i) for i in keep["index"])
             if n_kept < N_SAVED:
                 take = slice(0, N_SAVED - n_kept)
@@ -87,13 +175,16 @@ def evaluate_checkpoint(checkpoint, data, split="test", out=None, noise=0.0, n_p
                                    ("error", errors["weighted"])):
                     keep[key].append(value[take].cpu().numpy())
 
-        metrics = summarize(evaluate_model(model, batches(), ctx, on_batch=keep_first)["out"])
+        stats = evaluate_model(model, batches(), ctx, on_batch=keep_first)
+        check_finite(stats, nonfinite, ctx, f"{data}: split {split!r}")
+        metrics = summarize(stats["out"])
         if ctx.is_main:
             out.mkdir(parents=True, exist_ok=True)
             result = {"checkpoint": str(checkpoint), "data": str(data), "split": str(split), "noise": noise,
                       "metrics": metrics}
             atomic_write_json(out / "metrics.json", json_safe(result))
             kept = {k: np.concatenate(v) if v else np.zeros(0) for k, v in keep.items()}
+
             def write_predictions(fh) -> None:
                 with h5py.File(fh, "w") as f:
                     f["input"], f["output"], f["pred"] = kept["input"], kept["target"], kept["pred"]
@@ -103,8 +194,9 @@ def evaluate_checkpoint(checkpoint, data, split="test", out=None, noise=0.0, n_p
             atomic_write(out / "predictions.h5", write_predictions)
             if len(kept["index"]):
                 k = min(n_plots, len(kept["index"]))
-                plots.plot_samples(kept["target"][:k] * scale, kept["pred"][:k] * scale, kept["error"][:k],
-                                   kept["index"][:k], out / "samples.png")
+                if k:
+                    plots.plot_samples(kept["target"][:k] * scale, kept["pred"][:k] * scale, kept["error"][:k],
+                                       kept["index"][:k], out / "samples.png")
                 plots.plot_error_histogram(kept["error"], out / "error_histogram.png")
             plots.plot_training_curves(run_dir / "metrics.jsonl", out / "training_curves.png")
             print(f"{split}: {metrics['weighted']['count']} samples, radius-weighted relative error "

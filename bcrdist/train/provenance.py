@@ -58,4 +58,4 @@ def run_provenance(cfg: Any, dataset_id: str | None) -> dict:
     """The provenance record of a run with config `cfg` on the data set `dataset_id` (see the module doc)."""
     commit, dirty = source_revision()
     return {"bcrdist_version": __version__, "git_revision": commit, "git_dirty": dirty,
-            "config_sha256": config_sha256(cfg), "dataset_id": dataset_id, "torch_version": torch.__version__}
+            "config_sha256": config_sha256(cfg), "dataset_id": dataset_id, "torch_version": str(torch.__version__)}

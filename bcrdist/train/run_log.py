@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from bcrdist.errors import ConfigError
+from bcrdist.fileio import write_error
 from bcrdist.progress import Progress
 
 # record fields that are positions or flags rather than measurements
@@ -50,8 +51,7 @@ class RunLogger:
             return
         line = f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {message}"
         print(line, flush=True)
-        with open(self.log_path, "a") as f:
-            f.write(line + "\n")
+        self._append(self.log_path, line + "\n")
 
     def progress(self, total: int, label: str) -> Progress:
         """One epoch's steps; off a terminal a line every `every_steps` global steps (see `step_done`)."""
@@ -64,15 +64,26 @@ class RunLogger:
         if not self.enabled:
             return
         clean = {k: _finite_or_none(v) for k, v in record.items()}
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(clean) + "\n")
-        self._csv_row(clean)
+        self._append(self.metrics_path, json.dumps(clean) + "\n")
+        try:
+            self._csv_row(clean)
+        except OSError as exc:
+            raise write_error(self.csv_path, exc) from None
         if self.tensorboard_dir is not None:
             self._scalars(record)
         self.info(f"{record['phase']}-{record['stage']} epoch {record['epoch']}: loss {record['train_loss']:.4g}, "
                   f"val error {record['val_error']:.4g} (aux {record['val_error_aux']:.4g}), best "
                   f"{record['best_error']:.4g}{' *' if record['improved'] else ''}, lr {record['lr']:.3g}, "
                   f"{record['samples_per_s']:.0f} samples/s, data wait {100 * record['data_wait_share']:.0f}%")
+
+    @staticmethod
+    def _append(path: Path, text: str) -> None:
+        """Append to one of the run's logs; a failing disk is one line naming the file."""
+        try:
+            with open(path, "a") as f:
+                f.write(text)
+        except OSError as exc:
+            raise write_error(path, exc) from None
 
     def _csv_row(self, record: dict) -> None:
         if self.csv_path.is_file() and self.csv_path.stat().st_size:

@@ -17,6 +17,7 @@ in `best_model`, the data identity in `training_data`).
 
 from __future__ import annotations
 
+import errno
 import random
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from bcrdist import __version__
-from bcrdist.errors import DataError
+from bcrdist.errors import BcrdistError, DataError
 from bcrdist.models.checkpoint import (MODEL_FORMAT, atomic_save, load_checkpoint, load_model_state,
                                       model_state)
 from bcrdist.train.best_model import STATE_FIELDS as TRACKER_STATE_FIELDS
@@ -35,6 +36,16 @@ from bcrdist.train.optim import make_optimizer, set_lr
 
 TRAINING_FORMAT = "bcrdist-training-2"
 V1_FORMAT = "bcrdist-checkpoint-1"          # 0.1: one hand-assembled dict per file
+
+
+class CheckpointWriteError(BcrdistError):
+    """A checkpoint could not be written; the previous one is intact."""
+
+
+def write_failure(path: str | Path, exc: OSError) -> str:
+    """One line saying that writing `path` failed and why (`exc` may already name the file)."""
+    reason = " ".join(str(exc.strerror or exc).split()) or errno.errorcode.get(exc.errno or 0, "I/O error")
+    return reason if str(path) in reason else f"{path}: cannot write: {reason}"
 
 
 class Stateful(Protocol):
@@ -191,10 +202,18 @@ class Checkpointer:
                 **{name: part.state_dict() for name, part in self.states.items()}}
 
     def save(self, path: str | Path, **meta) -> None:
-        """Rank 0 writes the parts' state plus the plain values `meta` to `path` atomically; all ranks wait."""
+        """Rank 0 writes the parts' state plus the plain values `meta` to `path` atomically; all ranks wait.
+        A failed write (disk full, I/O error) leaves the previous file and raises CheckpointWriteError, with
+        one line naming the file, on every rank."""
+        error = None
         if self.ctx.is_main:
-            atomic_save({**meta, **self.state_dict()}, path)
-        self.ctx.barrier()
+            try:
+                atomic_save({**meta, **self.state_dict()}, path)
+            except OSError as exc:
+                error = write_failure(path, exc)
+        error = self.ctx.broadcast_object(error)
+        if error:
+            raise CheckpointWriteError(error)
 
     def load(self, path: str | Path) -> dict:
         """Load every part from `path` (on every rank); returns the whole (upgraded) checkpoint."""

@@ -4,8 +4,17 @@
 `bcrdist.train.schedule` with the SaveBestModel rules of `bcrdist.train.best_model`. Every decision
 (improvement, reduce-LR, stop, NaN rollback, preemption) is taken from values that are identical on all
 ranks (all-reduced errors, or rank 0's decision broadcast), so every rank reaches every collective.
-Rank 0 alone writes files; checkpoints are atomic. The run's state is the parts registered with the
-`Checkpointer` (`bcrdist.train.state`): `last.pt` is their state, `best.pt` a model checkpoint.
+Rank 0 alone writes files; checkpoints are atomic, and a failed write (disk full, I/O error) is broadcast so
+that every rank stops with the same one-line error, the previous files intact. The run's state is the parts
+registered with the `Checkpointer` (`bcrdist.train.state`): `last.pt` is their state, `best.pt` a model
+checkpoint. `train(cfg)` first claims the run directory (`bcrdist.train.run_dir`: one run per directory,
+locked for the run's lifetime, resumed only with a config that keeps what the run is).
+
+Nothing non-finite passes silently: a non-finite loss whose batch holds non-finite inputs or targets stops
+the run naming the step and the samples (a DataError), one whose data are finite rolls back
+(`schedule.max_nan_failures`); a non-finite validation (or test) error stops the run naming the split and
+the samples, so a run never ends "successfully" with stale weights (only `schedule.keras_compat`, whose best
+error starts at 1 as in Keras, may end with the initial weights, and says so in train.log).
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -27,25 +37,31 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from bcrdist import __version__
 from bcrdist.config import to_dict
 from bcrdist.distributed import DistContext, init_distributed, shutdown_distributed
-from bcrdist.errors import BcrdistError, ConfigError
-from bcrdist.fileio import atomic_write_json, json_safe
-from bcrdist.metrics import summarize
+from bcrdist.errors import BcrdistError, ConfigError, DataError
+from bcrdist.fileio import atomic_write_bytes, atomic_write_json, json_safe
+from bcrdist.metrics import REPORTED, summarize
 from bcrdist.models.checkpoint import load_checkpoint, load_model_state, remove_stale_temporaries, save_model
 from bcrdist.models.scattering import ScatteringModel
 from bcrdist.train.best_model import BestModelTracker
 from bcrdist.train.config import TrainConfig
-from bcrdist.train.evaluation import evaluate_model
-from bcrdist.train.preemption import PreemptionFlag, requeue_slurm_job
+from bcrdist.train.evaluation import NonFiniteSamples, check_finite, evaluate_model, gather, sample_list
+from bcrdist.train.provenance import run_provenance
+from bcrdist.train.preemption import PreemptionFlag, exit_code, requeue_slurm_job
 from bcrdist.train.run_log import RunLogger
 from bcrdist.train.schedule import (FINETUNE_STAGES, PRETRAIN_STAGES, Stage, build_stages,
                                     initial_value_stage)
+from bcrdist.train.run_dir import Claim, RunDirError, claim_run_dir
 from bcrdist.train.state import (BestWeights, Checkpointer, ModelWeights, OptimizerHolder, ProgressCounters,
-                                 RandomState)
+                                 RandomState, write_failure)
 from bcrdist.train.training_data import TrainingData
 
 
 class TrainingDiverged(BcrdistError):
-    """Too many non-finite losses: training stopped with the best weights kept."""
+    """Too many non-finite losses, or non-finite evaluation errors: training stopped, best weights kept."""
+
+
+class RunWriteError(BcrdistError):
+    """A file of the run could not be written (disk full, I/O error); the previous files are intact."""
 
 
 def seed_everything(seed: int) -> None:
@@ -77,10 +93,12 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.ckpt_dir)
         ctx.barrier()
-        self.log = RunLogger(self.run_dir, enabled=ctx.is_main, every_steps=rt.log_every_steps)
+        self.log = RunLogger(self.run_dir, enabled=ctx.is_main, every_steps=rt.log_every_steps,
+                             tensorboard=cfg.logging.tensorboard)
         seed_everything(cfg.seed)
 
         self.data = TrainingData(cfg, ctx)
+        self.provenance = run_provenance(cfg, self.data.manifest.dataset_id)
         (ns, nd), (nt, nr) = self.data.input_shape, self.data.target_shape
         try:
             self.model = ScatteringModel.from_config(cfg, (ns, nd), (nt, nr))
@@ -112,8 +130,8 @@ class Trainer:
             self.stages = build_stages(
                 s.batch_size, cfg.optim.lr, s.epochs, pretrain=s.pretrain, finetune=s.finetune,
                 keras_compat=s.keras_compat,
-                pretrain_stages=tuple(s.pretrain_stages or PRETRAIN_STAGES),
-                finetune_stages=tuple(s.finetune_stages or FINETUNE_STAGES))
+                pretrain_stages=tuple(PRETRAIN_STAGES if s.pretrain_stages is None else s.pretrain_stages),
+                finetune_stages=tuple(FINETUNE_STAGES if s.finetune_stages is None else s.finetune_stages))
             self.tracker = BestModelTracker(patience=s.patience, rel_threshold=s.rel_threshold,
                                             test_weight=self.selection_weight(self.stages[0]),
                                             reduce_lr=s.reduce_lr, patience_lr=s.patience_lr,
@@ -131,7 +149,7 @@ class Trainer:
                                    "tracker": self.tracker, "data": self.data, "rng": RandomState()}, ctx)
         self.stop_reason = ""
         self.stop_requested = False
-        self.preempt = PreemptionFlag(("USR2" if rt.requeue_signal.upper() == "USR2" else rt.requeue_signal, "TERM"))
+        self.preempt: PreemptionFlag | None = None
 
     # ------------------------------------------------------------------ checkpoints
     def _load_initial_weights(self, path: str) -> None:
@@ -145,14 +163,28 @@ class Trainer:
     def save(self, name: str) -> None:
         """Rank 0 writes the training state to checkpoints/NAME.pt atomically; all ranks wait for it."""
         self.state.save(self.ckpt_dir / f"{name}.pt", world_size=self.ctx.world_size, config=to_dict(self.cfg),
-                        model_config=self.model.extra_config())
+                        model_config=self.model.extra_config(), provenance=self.provenance)
+
+    def written_by_rank0(self, path: Path, write) -> None:
+        """Rank 0 calls `write()`; a failure to write `path` reaches every rank as one RunWriteError."""
+        error = None
+        if self.ctx.is_main:
+            try:
+                write()
+            except OSError as exc:
+                error = write_failure(path, exc)
+        error = self.ctx.broadcast_object(error)
+        if error:
+            raise RunWriteError(error)
 
     def save_best(self) -> None:
         """The model as it is now is the best: kept in memory and written as checkpoints/best.pt."""
         self.best.keep()
-        if self.ctx.is_main:
-            save_model(self.ckpt_dir / "best.pt", self.model, config=to_dict(self.cfg),
-                       tracker=self.tracker.state_dict(), progress=self.progress.state_dict())
+        path = self.ckpt_dir / "best.pt"
+        self.written_by_rank0(path, lambda: save_model(path, self.model, config=to_dict(self.cfg),
+                                                       tracker=self.tracker.state_dict(),
+                                                       progress=self.progress.state_dict(),
+                                                       provenance=self.provenance))
 
     def resume(self, path: Path) -> None:
         ck = self.state.load(path)
@@ -180,16 +212,31 @@ class Trainer:
         if w != self.tracker.test_weight:
             self.tracker.set_test_weight(w)
 
-    def evaluate(self, phase: str) -> dict:
+    def evaluate(self, phase: str, when: str) -> dict:
         """Exact errors over the validation set (output and auxiliary head) and, when fine-tuning with a
-        training slot, over the fixed training subset: {"out", "aux", "train" (or None)}."""
+        training slot, over the fixed training subset: {"out", "aux", "train" (or None)}. A non-finite error
+        stops the run (`check_finite`); `when` says where in the run, for that message."""
         metric = self.cfg.schedule.metric
-        val = evaluate_model(self.model, self.data.eval_batches("val"), self.ctx, (metric,), heads=("out", "aux"))
+        val = self.measure("val", (metric,), ("out", "aux"), when)
         train = None
         if phase == "finetune" and self.tracker.test_weight < 1:
-            train = evaluate_model(self.model, self.data.eval_batches("train_subset"), self.ctx, (metric,))
+            train = self.measure("train_subset", (metric,), ("out",), when)
             train = train["out"][metric] if train["out"][metric]["count"] else None
         return {"out": val["out"][metric], "aux": val["aux"][metric], "train": train}
+
+    def measure(self, split: str, metrics, heads, when: str, limit="n_valid") -> dict:
+        """`evaluate_model` on `split`, refusing non-finite errors with one line naming the split, the samples
+        and what the best weights are."""
+        bad = NonFiniteSamples()
+        stats = evaluate_model(self.model, self.data.eval_batches(split, limit=limit), self.ctx, metrics,
+                               heads=heads, on_batch=bad)
+        best = (f"best weights (epoch {self.tracker.best_epoch}) in {self.ckpt_dir / 'best.pt'}"
+                if (self.ckpt_dir / "best.pt").is_file() else "no best model was saved")
+        name = {"val": self.cfg.data.val_split, "test": self.cfg.data.test_split,
+                "train_subset": self.cfg.data.train_split}[split]
+        check_finite(stats, bad, self.ctx, f"{self.cfg.data.path}: {split} split {name!r} {when}",
+                     data_error=DataError, model_error=TrainingDiverged, after=f"; {best}")
+        return stats
 
     def judge(self, stage: Stage, errors: dict, epoch: int, at_start: bool):
         """Compare this phase's slots with the best model; returns (improved, decision or None)."""
@@ -233,22 +280,41 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         return global_loss
 
-    def handle_nan(self, stage: Stage) -> None:
+    def check_batch(self, stage: Stage, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> None:
+        """After a non-finite loss (every rank calls this): a batch holding non-finite inputs or targets on any
+        rank is corrupt data, not divergence; stop naming the step and the samples."""
+        bad = {}
+        for what, t in (("inputs", x), ("targets", y)):
+            rows = ~torch.isfinite(t).flatten(1).all(dim=1)
+            bad[what] = index[rows.cpu()].tolist()
+        found = {what: sorted(i for part in gather(self.ctx, bad[what]) for i in part) for what in bad}
+        found = {what: ids for what, ids in found.items() if ids}
+        if found:
+            what = " and ".join(f"{what} of samples {sample_list(ids)}" for what, ids in found.items())
+            raise DataError(f"{self.cfg.data.path}: non-finite training {what} (step {self.progress.step + 1}, "
+                            f"{stage.name}, epoch {self.progress.epoch + 1}); `bcrdist verify "
+                            f"{self.cfg.data.path}` checks the data set")
+
+    def handle_nan(self, stage: Stage, index: torch.Tensor) -> None:
         """Roll back to the best weights with a lower lr and fresh optimizer moments, or give up."""
         p = self.progress
         p.nan_failures += 1
         limit = self.cfg.schedule.max_nan_failures
+        where = f"at step {p.step + 1} (this rank's batch: samples {sample_list(index.tolist())})"
         if p.nan_failures > limit:
-            raise TrainingDiverged(f"training diverged: {p.nan_failures} non-finite losses (limit "
-                                   f"schedule.max_nan_failures = {limit}); best weights kept in "
+            raise TrainingDiverged(f"training diverged: {p.nan_failures} non-finite losses, the last {where} "
+                                   f"(limit schedule.max_nan_failures = {limit}); best weights kept in "
                                    f"{self.ckpt_dir / 'best.pt'}")
         self.best.restore()
         p.lr *= self.cfg.schedule.nan_lr_factor
         self.optim.reset(p.lr)
-        self.log.info(f"non-finite loss in {stage.name} at step {p.step}: rolled back to the best "
+        self.log.info(f"non-finite loss in {stage.name} {where}: rolled back to the best "
                       f"weights, lr → {p.lr:.3g} ({p.nan_failures}/{limit})")
 
-    def run(self) -> dict:
+    def run(self, notes: tuple[str, ...] | list[str] = ()) -> dict:
+        """Train (resuming per `checkpoint.resume`) and return the results, or, when a signal stopped the run,
+        {"status": "preempted" | "interrupted", "signal", "requeued", "step", "message" (rank 0)}. `notes`:
+        lines for train.log (what the run-directory claim found)."""
         cfg, ctx = self.cfg, self.ctx
         last = self.ckpt_dir / "last.pt"
         resume = cfg.checkpoint.resume
@@ -256,23 +322,29 @@ class Trainer:
             self.resume(last)
         elif resume not in (None, "auto"):
             self.resume(Path(resume))
-        elif ctx.is_main:
-            with open(self.run_dir / "config.yaml", "w") as f:
-                yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+        path = self.run_dir / "config.yaml"
+        # the config the run started with (a run resumed from elsewhere starts here with this one)
+        if ctx.broadcast_object(not path.is_file()):
+            text = yaml.safe_dump(to_dict(cfg), sort_keys=False).encode()
+            self.written_by_rank0(path, lambda: atomic_write_bytes(path, text))
         self.log.info(f"bcrdist {__version__}: {ctx.world_size} rank(s) via {ctx.env.method} on {ctx.device}; "
                       f"{self.n_params:,} parameters; {len(self.stages)} stages; data {cfg.data.path} "
                       f"(train {self.data.n_train}, val {self.data.n_val})")
+        for note in notes:
+            self.log.info(note)
         t_start = time.time()
-        stopped_by = ""
+        rt = cfg.runtime
+        self.preempt = PreemptionFlag(("USR2" if rt.requeue_signal.upper() == "USR2" else rt.requeue_signal, "TERM"),
+                                      interrupt=True, announce=ctx.is_main)
         try:
             stopped_by = self._run_stages()
         finally:
             self.preempt.restore()
-        if stopped_by == "preempted":
-            return {"status": "preempted"}
+            self.log.close()
+        if isinstance(stopped_by, dict):
+            return stopped_by
         self.best.restore()
-        results = self.finish(time.time() - t_start)
-        return results
+        return self.finish(time.time() - t_start)
 
     def _start_stage(self, stage: Stage) -> None:
         """A stage's start: optimizer moments reset at a phase change (or every stage with
@@ -284,13 +356,15 @@ class Trainer:
         self.use_selection_weight(stage)
         p.lr = stage.lr
         self.tracker.start_stage(stage.start_epoch)
-        errors = self.evaluate(stage.phase)
+        errors = self.evaluate(stage.phase, f"at the start of stage {stage.name}")
         self.judge(stage, errors, stage.start_epoch, at_start=True)
         p.epoch, p.batch, p.stage_started = stage.start_epoch, 0, True
         self.log.info(f"stage {stage.name}: global batch {stage.global_batch}, lr {stage.lr:.3g}, "
                       f"epochs [{stage.start_epoch}, {stage.end_epoch}); start error {errors['out']['mean']:.4g}")
 
-    def _run_stages(self) -> str:
+    def _run_stages(self) -> str | dict:
+        """The schedule from where the progress counters are: "complete", "max_steps", or the stop result
+        of a signal (`_stop`)."""
         cfg, ctx, p = self.cfg, self.ctx, self.progress
         max_steps = cfg.schedule.max_steps
         while p.stage < len(self.stages):
@@ -306,12 +380,15 @@ class Trainer:
                 batches = self.data.train_batches(epoch, per_rank, skip=p.batch)
                 bar = self.log.progress(self.data.train_steps(per_rank) - p.batch, f"{stage.name} epoch {epoch + 1}")
                 t_wait = time.time()
-                for x, y in batches:
+                for x, y, index in batches:
                     wait += time.time() - t_wait
+                    if max_steps is not None and p.step >= max_steps:
+                        break                      # resumed at the limit: train no further step
                     loss = self.train_step(stage, x, y)
                     self.log.step_done(bar, loss, p.step + 1)
                     if not math.isfinite(loss):
-                        self.handle_nan(stage)
+                        self.check_batch(stage, x, y, index)
+                        self.handle_nan(stage, index)
                         self.optim.set_lr(p.lr)
                     else:
                         losses.append(loss)
@@ -321,7 +398,8 @@ class Trainer:
                     if p.step % cfg.checkpoint.every_steps == 0:
                         self.save("last")
                     if self.stop_requested:
-                        return self._preempted()
+                        bar.close()
+                        return self._stop()
                     if max_steps is not None and p.step >= max_steps:
                         break
                     t_wait = time.time()
@@ -330,7 +408,7 @@ class Trainer:
                     p.batch = 0
                 bar.close()
                 elapsed = time.time() - t0
-                errors = self.evaluate(stage.phase)
+                errors = self.evaluate(stage.phase, f"after epoch {epoch + 1} ({stage.name}, step {p.step})")
                 improved, decision = self.judge(stage, errors, epoch, at_start=False)
                 decision = ctx.broadcast_object(decision)
                 if decision.reduce_lr:
@@ -363,45 +441,75 @@ class Trainer:
         self.stop_reason = self.stop_reason or "schedule complete"
         return "complete"
 
-    def _preempted(self) -> str:
-        self.log.info(f"received SIG{self.preempt.signal_name or '?'}: saving last.pt at step {self.progress.step}")
+    def _stop(self) -> dict:
+        """A signal reached some rank: save last.pt, then requeue (SIGUSR2/SIGTERM under Slurm or submitit) or
+        not (SIGINT, or outside Slurm). Every rank returns the same outcome (rank 0's, broadcast)."""
+        ctx, p = self.ctx, self.progress
+        # the ranks agreed to stop; which signal: the largest number any rank received (a requeue signal,
+        # 12 or 15, outranks Ctrl-C, 2)
+        name = signal_name(int(ctx.all_reduce_max(self.preempt.signal_number)))
+        self.log.info(f"received SIG{name}: saving last.pt at step {p.step}")
         self.save("last")
-        if self.ctx.is_main:
-            if os.environ.get("SUBMITIT_EXECUTOR"):
+        outcome = "interrupted"
+        if name != "INT":
+            if ctx.is_main:
+                if os.environ.get("SUBMITIT_EXECUTOR"):
+                    outcome = "submitit"
+                else:
+                    outcome = "requeued" if requeue_slurm_job(self.log.info) else "not requeued"
+            outcome = ctx.broadcast_object(outcome)
+            if outcome == "submitit" and ctx.is_main:
                 self.log.info("handing over to submitit to requeue the job")
-                self.preempt.forward_to_previous()     # submitit: checkpoint(), requeue, exit
-            else:
-                requeue_slurm_job(self.log.info)
-        return "preempted"
+                if not self.preempt.forward_to_previous():     # submitit: checkpoint(), requeue, exit
+                    outcome = "not requeued"
+        requeued = outcome in ("requeued", "submitit")
+        result = {"status": "interrupted" if name == "INT" else "preempted", "signal": name, "requeued": requeued,
+                  "step": p.step}
+        if ctx.is_main and not requeued:
+            why = "interrupted" if name == "INT" else "not requeued (not a Slurm job, or the requeue failed)"
+            result["message"] = (f"stopped by SIG{name} at step {p.step}: {why}; the state is in "
+                                 f"{self.ckpt_dir / 'last.pt'}: continue with --resume auto "
+                                 f"(exit status {exit_code(name)})")
+            self.log.info(result["message"])
+        return result
 
     # ------------------------------------------------------------------ the end
     def finish(self, wall: float) -> dict:
         """Final metrics of the best model on the validation and test splits, results.json, results table."""
-        errors = {split: summarize(evaluate_model(self.model, self.data.eval_batches(split, limit=None),
-                                                  self.ctx)["out"])
+        if self.ctx.is_main and not (self.ckpt_dir / "best.pt").is_file():
+            # only keras_compat gets here (its best error starts at 1; a non-finite evaluation stops the run)
+            self.log.info(f"note: no evaluation improved on the starting best error {self.tracker.best_err:.4g} "
+                          f"(schedule.keras_compat): the final model is the initial one, as in Keras, and no "
+                          f"best.pt was written")
+        errors = {split: summarize(self.measure(split, REPORTED, ("out",), "of the best model",
+                                                limit=None)["out"])
                   for split in ("val", "test") if self.data.has_split(split)}
         results = {
             "run_dir": str(self.run_dir), "data": self.cfg.data.path, "parameters": self.n_params,
             "world_size": self.ctx.world_size, "steps": self.progress.step, "epochs": self.progress.epoch,
             "stop_reason": self.stop_reason, "best_selection_error": self.tracker.best_err,
             "best_epoch": self.tracker.best_epoch, "errors": errors, "wall_time_s": wall,
-            "n_train": self.data.n_train,
+            "n_train": self.data.n_train, "provenance": self.provenance,
         }
+        path = self.run_dir / "results.json"
+        self.written_by_rank0(path, lambda: atomic_write_json(path, json_safe(results)))
+        if self.cfg.results_table:
+            table = self.results_table_path()
+            self.written_by_rank0(table, lambda: self.append_results_row(table, results))
         if self.ctx.is_main:
-            atomic_write_json(self.run_dir / "results.json", json_safe(results))
-            if self.cfg.results_table:
-                self.append_results_row(results)
             test = errors.get("test", errors.get("val", {})).get("weighted", {})
             self.log.info(f"done: {self.stop_reason}; test radius-weighted relative error "
-                          f"{test.get('mean', float('nan')):.4f}; results in {self.run_dir / 'results.json'}")
+                          f"{test.get('mean', float('nan')):.4f}; results in {path}")
         self.ctx.barrier()
         return results
 
-    def append_results_row(self, results: dict) -> None:
-        """One tab-separated row per run, like the original's tr2dInvNoise.txt (header on creation)."""
+    def results_table_path(self) -> Path:
         path = Path(self.cfg.results_table)
-        if not path.is_absolute():
-            path = self.run_dir.parent / path
+        return path if path.is_absolute() else self.run_dir.parent / path
+
+    def append_results_row(self, path: Path, results: dict) -> None:
+        """One tab-separated row per run, like the original's tr2dInvNoise.txt (header on creation); a failed
+        append is cut back to the table's previous length, so no half row stays."""
         test = results["errors"].get("test", {}).get("weighted", {})
         cfg = self.cfg
         row = [cfg.data.path, str(self.run_dir), cfg.model.alpha, cfg.model.n_cnn, cfg.model.n_cnn3,
@@ -411,18 +519,68 @@ class Trainer:
         header = ["data", "run_dir", "alpha", "n_cnn", "n_cnn3", "batch_size", "n_train", "n_test", "parameters",
                   "epoch_unit", "epochs_run", "noise", "best_val_error", "test_error_mean", "test_error_max",
                   "test_error_std"]
-        new = not path.exists()
-        with open(path, "a") as f:
-            if new:
-                f.write("\t".join(header) + "\n")
-            f.write("\t".join(str(v) for v in row) + "\n")
+        text = ("" if path.exists() else "\t".join(header) + "\n") + "\t".join(str(v) for v in row) + "\n"
+        data = memoryview(text.encode())
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                while data:
+                    data = data[os.write(fd, data):]
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run training in this process (one rank of whatever launched it)."""
+
+def signal_name(number: int) -> str:
+    """2 → 'INT'."""
+    return signal.Signals(number).name.removeprefix("SIG")
+
+
+def claim(cfg: TrainConfig, ctx: DistContext, restart: bool) -> Claim:
+    """Rank 0 claims the run directory (`claim_run_dir`); its outcome, or its error, reaches every rank."""
+    found, error = None, None
+    if ctx.is_main:
+        try:
+            found = claim_run_dir(cfg, restart)
+        except (BcrdistError, OSError) as exc:
+            error = exc
+    mine = None
+    if ctx.is_main:
+        mine = {"error": str(error)} if error else {"complete": found.complete, "stop_reason": found.stop_reason,
+                                                    "resume": found.resume}
+    shared = ctx.broadcast_object(mine)
+    if error is not None:
+        raise error
+    if "error" in shared:
+        raise RunDirError(shared["error"])
+    if not ctx.is_main:
+        found = Claim(complete=shared["complete"], stop_reason=shared["stop_reason"], resume=shared["resume"])
+    if found.resume is not None:
+        cfg.checkpoint.resume = found.resume
+    return found
+
+
+def train(cfg: TrainConfig, restart: bool = False) -> dict:
+    """Run training in this process (one rank of whatever launched it), holding the run directory for the
+    run's lifetime. `restart`: move a run already in `cfg.run_dir` aside and start over. A finished run
+    given `checkpoint.resume = auto` returns {"status": "complete", "stop_reason", "message"} untouched."""
     ctx = init_distributed(cfg.runtime.device)
+    held = None
     try:
-        return Trainer(cfg, ctx).run()
+        held = claim(cfg, ctx, restart)
+        if held.complete:
+            if ctx.is_main:
+                print(held.complete, flush=True)
+            ctx.barrier()
+            return {"status": "complete", "stop_reason": held.stop_reason, "message": held.complete}
+        return Trainer(cfg, ctx).run(notes=held.notes)
     finally:
+        if held is not None:
+            held.release()
         shutdown_distributed()
         sys.stdout.flush()

@@ -108,13 +108,16 @@ class TrainingData:
                 preload=self.cfg.data.preload)
         return self._eval_readers[key]
 
-    def _to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def _to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input, target) on the training device, and the global sample indices (B,) on the CPU."""
         dev = self.ctx.device
-        return (batch["input"].to(dev, non_blocking=True), batch["target"].to(dev, non_blocking=True))
+        return (batch["input"].to(dev, non_blocking=True), batch["target"].to(dev, non_blocking=True),
+                batch["index"])
 
     # ------------------------------------------------------------------ batches
-    def train_batches(self, epoch: int, per_rank_batch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's training batches of `epoch`, after the first `skip` (for mid-epoch resume)."""
+    def train_batches(self, epoch: int, per_rank_batch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
+        """This rank's training batches of `epoch`, after the first `skip` (for mid-epoch resume):
+        (x (B, Ns, Nd'), y (B, Nt, Nr)) on the device and the samples' global indices (B,)."""
         reader = self._train_reader(per_rank_batch)
         reader.set_epoch(epoch)
         if skip:
@@ -127,8 +130,9 @@ class TrainingData:
         """Batches per epoch on every rank."""
         return self._train_reader(per_rank_batch).num_batches
 
-    def eval_batches(self, split: str, limit: int | None | str = "n_valid") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's exact part of an evaluation split ('val', 'test', or 'train_subset')."""
+    def eval_batches(self, split: str, limit: int | None | str = "n_valid") -> Iterator[tuple[torch.Tensor, ...]]:
+        """This rank's exact part of an evaluation split ('val', 'test', or 'train_subset'), batches as
+        `train_batches`."""
         source = "train" if split == "train_subset" else split
         n = self.cfg.data.n_valid if limit == "n_valid" else limit
         reader = self._eval_reader(source, EVAL_BATCH, n)
