@@ -256,6 +256,22 @@ def test_a_refusal_in_a_dataloader_worker_keeps_its_one_line(tmp_path):
                                f"sample 13 of split 'train' of {root}; the reader refuses it")
 
 
+def test_training_on_a_nan_target_stops_at_once_naming_the_split(tmp_path):
+    """bcrdist train on data with a NaN in one training target: exit 2 before any epoch ends, one line naming
+    the shard, the sample and the config's split, and no best model claimed."""
+    root = make_dataset(tmp_path / "ds", nan=("coe", 13))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "data": {"path": str(root), "n_valid": 4},
+                                   "model": {"alpha": 2, "n_cnn": 1, "n_cnn3": 1, "levels": 1},
+                                   "schedule": {"batch_size": 4, "epochs": 1}, "results_table": None,
+                                   "runtime": {"compile": "false", "threads": 1}}))
+    result = bcrdist("train", "--config", cfg)
+    assert result.returncode == 2 and one_line(result.stderr), result.stderr
+    assert (f"{root / 'shard-00001.h5'}: dataset 'coe': non-finite value (NaN or inf) in sample 13 of split "
+            f"'train'") in result.stderr
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
 def test_nan_in_a_test_input_fails_the_evaluation_reader(tmp_path):
     root = make_dataset(tmp_path / "ds", nan=("measure", 31))
     test = ShardedDataset(root, split="test", batch_size=8, exact=True, shuffle=False,

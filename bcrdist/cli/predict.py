@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from bcrdist.errors import BcrdistError, DataError
-from bcrdist.fileio import atomic_write, one_line
+from bcrdist.fileio import atomic_write_held, one_line
 from bcrdist.models.checkpoint import load_model
 
 
@@ -64,7 +64,7 @@ def run_predict(args: argparse.Namespace) -> int:
             f.attrs["checkpoint"] = str(args.checkpoint)
 
     try:
-        atomic_write(out, write)
+        atomic_write_held(out, write)
     except OSError as exc:
         raise BcrdistError(one_line(exc)) from None
     print(f"wrote {len(pred)} predictions {pred.shape[1:]} to {out}")

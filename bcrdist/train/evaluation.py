@@ -27,7 +27,7 @@ from bcrdist.data.format import read_manifest
 from bcrdist.data.preprocess import Preprocess
 from bcrdist.distributed import init_distributed, shutdown_distributed
 from bcrdist.errors import DataError
-from bcrdist.fileio import atomic_write, atomic_write_json, json_safe
+from bcrdist.fileio import atomic_write_held, atomic_write_json, json_safe
 from bcrdist.metrics import REPORTED, ErrorAccumulator, per_sample_error, summarize
 from bcrdist.models.checkpoint import load_model
 from bcrdist.train import plots
@@ -191,7 +191,7 @@ def evaluate_checkpoint(checkpoint, data, split="test", out=None, noise=0.0, n_p
                     f["index"], f["pred_eta"] = kept["index"], kept["pred"] * scale
                     f.attrs["out_scale"] = scale
 
-            atomic_write(out / "predictions.h5", write_predictions)
+            atomic_write_held(out / "predictions.h5", write_predictions)
             if len(kept["index"]):
                 k = min(n_plots, len(kept["index"]))
                 if k:

@@ -39,6 +39,12 @@ class TrainingData:
         d = cfg.data
         self.manifest = read_manifest(d.path)
         self.splits = self._resolve_splits()
+        # how the reader's refusals name the parts (the readers get index arrays)
+        percent = f"data.percent = {d.percent}" if d.percent is not None else None
+        self.split_names = {"train": percent and f"train ({percent})" or d.train_split,
+                            "val": percent and f"validation ({percent})" or d.val_split,
+                            "test": percent and f"test ({percent})" or d.test_split}
+        self.split_names["train_subset"] = self.split_names["train"]
         imag = "measure_imag" if d.use_imag else None
         if imag and imag not in self.manifest.datasets:
             raise DataError(f"{self.manifest.path}: data.use_imag is true but the data set has no 'measure_imag'")
@@ -93,7 +99,8 @@ class TrainingData:
                 self._train_readers[per_rank_batch] = ShardedDataset(
                     self.cfg.data.path, split=self.splits["train"], rank=self.ctx.rank,
                     world_size=self.ctx.world_size, seed=self.cfg.seed, shuffle=True, drop_last=True,
-                    batch_size=per_rank_batch, preprocess=self.train_spec, preload=self.cfg.data.preload)
+                    batch_size=per_rank_batch, preprocess=self.train_spec, preload=self.cfg.data.preload,
+                    split_name=self.split_names["train"])
             except ConfigError as exc:
                 raise ConfigError(f"schedule.batch_size: {exc}") from None
         return self._train_readers[per_rank_batch]
@@ -105,7 +112,7 @@ class TrainingData:
             self._eval_readers[key] = ShardedDataset(
                 self.cfg.data.path, split=indices, rank=self.ctx.rank, world_size=self.ctx.world_size,
                 seed=self.cfg.seed, shuffle=False, exact=True, batch_size=batch, preprocess=self.eval_spec,
-                preload=self.cfg.data.preload)
+                preload=self.cfg.data.preload, split_name=self.split_names[split])
         return self._eval_readers[key]
 
     def _to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
