@@ -137,16 +137,21 @@ def test_rolling_rows_by_multiples_of_2_to_the_L_rolls_the_output(w_comp):
 
 
 def test_torch_compile_matches_eager():
+    """Output and gradients (the custom period-pad backward included) of the compiled network."""
     torch._dynamo.reset()
-    model = BCRNet((16, 8), (16, 6), alpha=2, n_cnn=1, n_cnn3=2).eval()
+    model = BCRNet((16, 8), (16, 6), alpha=2, n_cnn=1, n_cnn3=2)
     x = torch.randn(2, 16, 8)
+    params = list(model.parameters())
     try:
-        with torch.no_grad():
-            eager = model(x)
-            compiled = torch.compile(model)(x)
+        compiled = torch.compile(model)(x)
+        compiled_grads = torch.autograd.grad(compiled.square().sum(), params)
     finally:
         torch._dynamo.reset()
+    eager = model(x)
+    eager_grads = torch.autograd.grad(eager.square().sum(), params)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    for c, e in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kwargs,numbers", [

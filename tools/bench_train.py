@@ -2,10 +2,13 @@
 step time spent waiting for data — measured with the real trainer on a generated-size synthetic data set.
 
     python tools/bench_train.py [--size 64] [--alpha 16] [--samples 1024] [--batch 32] [--epochs 3]
+                                [--ranks 1,2] [--torchrun] [--precision 32|bf16-mixed] [--no-compile]
 
 Each configuration trains `--epochs` epochs (one stage, no fine-tuning) and reports the samples/s of its
 last epoch (after any compilation), read from metrics.jsonl. Ratios are against 1-rank eager, in one run.
-On a machine with GPUs the same runs use them (one rank per GPU) with bf16 autocast.
+On a machine with GPUs the same runs use them (one rank per GPU, bf16 autocast unless `--precision`
+says otherwise; the default rank counts are 1 and the number of GPUs). `--torchrun` launches a single rank
+through torchrun as well (the multi-rank runs always use it).
 """
 
 from __future__ import annotations
@@ -43,17 +46,18 @@ def make_data(root: Path, n: int, size: int) -> Path:
 
 def run(tmp: Path, data: Path, name: str, nproc: int, compile_: bool, args) -> dict:
     gpu = torch.cuda.is_available()
+    precision = args.precision or ("bf16-mixed" if gpu else "32")
     cfg = {"run_dir": str(tmp / name), "results_table": None,
            "data": {"path": str(data), "n_valid": 32},
            "model": {"alpha": args.alpha, "n_cnn": 3, "n_cnn3": 3},
            "schedule": {"batch_size": args.batch, "epochs": args.epochs, "pretrain_stages": [[1, 1.0]],
                         "finetune": False, "patience": 100},
            "runtime": {"compile": "true" if compile_ else "false", "log_every_steps": 0,
-                       "precision": "bf16-mixed" if gpu else "32", "threads": 1 if not gpu else None}}
+                       "precision": precision, "threads": 1 if not gpu else None}}
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if nproc == 1:
+    if nproc == 1 and not args.torchrun:
         cmd = [sys.executable, "-m", "bcrdist", "train", "--config", str(path)]
     else:
         cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", f"--nproc-per-node={nproc}",
@@ -71,26 +75,36 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--ranks", default=None, help="comma-separated rank counts (default: 1 and 2 on CPU, 1 and "
+                   "the number of GPUs on a GPU machine)")
+    p.add_argument("--torchrun", action="store_true", help="launch the 1-rank runs through torchrun too")
+    p.add_argument("--precision", choices=["32", "bf16-mixed"], default=None,
+                   help="runtime.precision (default: bf16-mixed on GPUs, 32 on CPU)")
     args = p.parse_args()
-    nproc2 = max(2, torch.cuda.device_count()) if torch.cuda.is_available() else 2
+    if args.ranks:
+        counts = [int(v) for v in args.ranks.split(",")]
+    elif torch.cuda.is_available():
+        counts = sorted({1, torch.cuda.device_count()})
+    else:
+        counts = [1, 2]
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         data = make_data(tmp / "data", args.samples, args.size)
-        variants = [("1 rank eager", 1, False), (f"{nproc2} ranks eager", nproc2, False)]
-        if not args.no_compile:
-            variants += [("1 rank compile", 1, True), (f"{nproc2} ranks compile", nproc2, True)]
+        modes = [False] + ([] if args.no_compile else [True])
+        variants = [(f"{n} rank{'s' if n > 1 else ''} {'compile' if c else 'eager'}", n, c)
+                    for c in modes for n in counts]
         results = []
         for i, (label, nproc, comp) in enumerate(variants):
             results.append((label, nproc, run(tmp, data, f"v{i}", nproc, comp, args)))
-    base = results[0][2]["samples_per_s"]
+    base = next(r for _, n, r in results if n == min(counts))["samples_per_s"]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     print(f"BCR-Net alpha={args.alpha}, {args.size}x{args.size // 2} -> {args.size}x{args.size // 2}, global batch "
           f"{args.batch}, {args.samples} samples, {device}, torch {torch.__version__}")
     print(f"{'variant':18} {'samples/s':>10} {'vs 1-rank eager':>16} {'scaling eff.':>13} {'data wait':>10}")
     for label, nproc, row in results:
         rate = row["samples_per_s"]
-        ref = next(r for lbl, n, r in results if n == 1 and ("compile" in lbl) == ("compile" in label))
-        eff = rate / (nproc * ref["samples_per_s"])
+        ref = next(r for lbl, n, r in results if n == min(counts) and ("compile" in lbl) == ("compile" in label))
+        eff = rate * min(counts) / (nproc * ref["samples_per_s"])
         print(f"{label:18} {rate:10.1f} {rate / base:15.2f}x {eff:12.0%} {100 * row['data_wait_share']:9.1f}%")
 
 

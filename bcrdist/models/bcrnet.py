@@ -12,7 +12,9 @@ m = Ns // 2^L made odd (m ← 2⌊(m+1)/2⌋ − 1):
    d = InvWaveLetC1D(2α, 3, n_out = Ns/2^(ℓ−1), no bias)(d) → (B, α, Ns/2^(ℓ−1)).
 5. Auxiliary head Img = CNNK1D(α → Nr, w_comp, linear)(d) → (B, Nt, Nr).
 6. Refinement on Img as one 2D channel: (n_cnn3 − 1) × [periodic pad 1 in angle, zero pad 1 on both sides
-   in radius, Conv2d(4, 3×3, relu)], then the same pads and Conv2d(1, 3×3, linear).
+   in radius, Conv2d(4, 3×3, relu)], then the same pads and Conv2d(1, 3×3, linear). Computed with the
+   same values but a cheaper schedule (`BCRNet.refine_2d`): one periodic pad of n_cnn3 rows, the radial
+   zero padding inside each convolution, activations and kernels channels-last.
 7. Output = Img + refinement.
 
 All periodic boundary conditions ('period'); Glorot-uniform kernels and zero biases, as Keras.
@@ -28,7 +30,6 @@ from torch import nn
 
 from bcrdist.mnn.arguments import check_positive, glorot_uniform_
 from bcrdist.mnn.conv import CNNK1D
-from bcrdist.mnn.padding import period_pad
 from bcrdist.mnn.wavelet import InvWaveLetC1D, WaveLetC1D
 
 WAVELET_SUPPORT = 6
@@ -39,6 +40,19 @@ REFINE_CHANNELS = 4
 def default_levels(ns: int) -> int:
     """The original's number of levels: ⌊log2 Ns⌋ − 2."""
     return int(math.floor(math.log2(ns))) - 2
+
+
+def channels_last_kernel(weight: torch.Tensor) -> torch.Tensor:
+    """A (C_out, C_in, kh, kw) kernel with channels-last strides (C_in fastest), differentiable.
+
+    For C_in = 1 both layouts are the same memory, and `weight.contiguous(memory_format=torch.channels_last)`
+    keeps the default strides, with which oneDNN picks its plain-layout kernel: a view with the channels-last
+    strides instead (whose gradient keeps the parameter's strides, as DDP's gradient buckets expect).
+    Otherwise a copy in channels-last order.
+    """
+    if weight.shape[1] == 1:
+        return weight.squeeze(1).unsqueeze(-1).permute(0, 3, 1, 2)
+    return weight.permute(0, 2, 3, 1).clone(memory_format=torch.contiguous_format).permute(0, 3, 1, 2)
 
 
 class RefineConv2d(nn.Conv2d):
@@ -116,16 +130,35 @@ class BCRNet(nn.Module):
         d = self.coarse(b)
         for chain, inv, bt in zip(self.level_chains, self.inv_wavelets, reversed(details)):
             d1 = chain(bt)
-            d = inv(torch.cat([d1[:, :a], d1[:, a:] + d], dim=1))  # (B, α, Ns/2^(ℓ−1))
+            # the triangle add [d1[:α], d1[α:] + d] as one sum (its backward slices nothing)
+            d = inv(d1 + F.pad(d, (0, 0, a, 0)))                  # (B, α, Ns/2^(ℓ−1))
         img = self.head(d).transpose(1, 2)                        # (B, Nt, Nr)
-        y = img.unsqueeze(1)
-        for i, conv in enumerate(self.refine):
-            y = F.pad(period_pad(y, ((1, 1), (0, 0))), (1, 1))   # periodic in angle, zero in radius
-            y = conv(y)
-            if i < len(self.refine) - 1:
-                y = F.relu(y)
-        out = img + y[:, 0]
+        out = img + self.refine_2d(img)
         return (out, img) if return_aux else out
+
+    def refine_2d(self, img: torch.Tensor) -> torch.Tensor:
+        """The 2D refinement (step 6) of img (B, Nt, Nr) → (B, Nt, Nr), before the residual add.
+
+        The recipe pads every layer's input by one periodic row in angle and one zero column in radius. Here
+        the angle axis is padded periodically once, by n_cnn3 rows on each side: every convolution, valid in
+        angle, consumes one row per side, and the rows it keeps are exactly the periodic extension of that
+        layer's output. The radial zero padding is the convolution's own `padding=(0, 1)`. Activations are
+        (B, C, rows, Nr) with channels-last strides, and so are the kernels, so that oneDNN (and cuDNN) run
+        their NHWC kernels: with 1–4 channels the default layout makes oneDNN pad channels to blocks of 16
+        and reorder the activations around every call (5–6× slower on a 2-core AVX-512 CPU, forward + backward).
+        """
+        n = len(self.refine)
+        nt = img.shape[1]
+        if n <= nt:
+            y = torch.cat([img[:, nt - n:], img, img[:, :n]], dim=1)
+        else:  # more rows than the period: wrap as often as needed
+            y = img.index_select(1, torch.arange(-n, nt + n, device=img.device) % nt)
+        y = y.unsqueeze(-1).permute(0, 3, 1, 2)                   # (B, 1, Nt + 2n, Nr), channels-last strides
+        for i, conv in enumerate(self.refine):
+            y = F.conv2d(y, channels_last_kernel(conv.weight), conv.bias, padding=(0, 1))
+            if i < n - 1:
+                y = F.relu_(y)  # the convolution's backward needs its input, not its output
+        return y[:, 0]
 
     def keras_layers(self) -> list[tuple[str, nn.Module]]:
         """Weighted layers in the original script's creation order (for Keras weight import)."""

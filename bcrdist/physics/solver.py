@@ -101,33 +101,75 @@ class _ContrastOperator:
 
     K is 0 on the cells of the block where η = 0, and they receive no right-hand side, so the Krylov
     vectors stay 0 there; unknowns on the whole block make the scatter into the FFT buffer a strided copy (about
-    10× cheaper than gathering the support cells). The zero-padded (B, Mx, My) buffer is kept between
-    calls: only its leading block is ever written. torch's FFT (MKL) is about 2× faster here than scipy's
-    at these batched sizes.
+    10× cheaper than gathering the support cells). The zero-padded (B, Mx, My) input comes from the
+    solver's `FFTBuffer`; only its leading block is written. torch's FFT (MKL) is about 2× faster here than
+    scipy's at these batched sizes.
     """
 
-    def __init__(self, spectrum: torch.Tensor, eta_block: np.ndarray, k: float):
+    def __init__(self, spectrum: torch.Tensor, eta_block: np.ndarray, k: float, buffer: FFTBuffer):
         self.spectrum = spectrum
         self.shape = eta_block.shape
-        self.eta_k2 = torch.from_numpy((k * k) * eta_block.ravel())
-        self._buffers: dict[int, torch.Tensor] = {}
+        self.neg_eta_k2 = torch.from_numpy(-(k * k) * eta_block)
+        self.buffer = buffer
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         nb = v.shape[0]
         mx, my = self.shape
-        buf = self._buffers.get(nb)
-        if buf is None:
-            buf = self._buffers[nb] = torch.zeros((nb, *self.spectrum.shape), dtype=torch.complex128)
+        buf = self.buffer.get(nb, self.spectrum.shape, (mx, my))
         buf[:, :mx, :my] = v.view(nb, mx, my)
         spec = torch.fft.fft2(buf)
         spec *= self.spectrum
-        conv = torch.fft.ifft2(spec)[:, :mx, :my].reshape(nb, mx * my)  # a copy: the crop is strided
-        return conv.mul_(-self.eta_k2)
+        # the crop is strided: the product writes it contiguously in the same pass
+        return torch.mul(torch.fft.ifft2(spec)[:, :mx, :my], self.neg_eta_k2).view(nb, mx * my)
+
+
+class FFTBuffer:
+    """The zero-padded FFT input (B, Mx, My) complex128 of the contrast operator, kept from sample to sample.
+
+    `get(nb, (Mx, My), (mx, my))` returns nb rows that are zero outside their leading (mx, my) block, ready
+    for that block to be written. Only what earlier samples wrote outside the new block is zeroed again: a
+    fresh 10 MB buffer per sample cost more in page faults than the arithmetic of its FFTs. The buffer
+    follows the most recent padded size (at a data tier every sample's block has the same size).
+    """
+
+    def __init__(self):
+        self._buffer = torch.zeros((0, 0, 0), dtype=torch.complex128)
+        self._dirty = (0, 0, 0)  # rows, x and y extents outside which the buffer is zero
+
+    def get(self, nb: int, size: tuple[int, int], block: tuple[int, int]) -> torch.Tensor:
+        buf = self._buffer
+        if tuple(buf.shape[1:]) != tuple(size) or buf.shape[0] < nb:
+            buf = self._buffer = torch.zeros((nb, *size), dtype=torch.complex128)
+            self._dirty = (0, 0, 0)
+        rows, wx, wy = self._dirty
+        mx, my = block
+        if wx > mx:
+            buf[:rows, mx:wx, :wy] = 0
+        if wy > my:
+            buf[:rows, :mx, my:wy] = 0
+        self._dirty = (max(rows, nb), mx, my)
+        return buf[:nb]
 
 
 def _norms(w: torch.Tensor) -> torch.Tensor:
-    """Row norms of a complex (B, N) tensor (torch's complex vector_norm is ~10× slower than this)."""
-    return torch.view_as_real(w).square().sum(dim=(-2, -1)).sqrt()
+    """Row norms of a complex (B, N) tensor: the real norm of its (B, N, 2) view (torch's complex
+    vector_norm is ~10× slower, squaring and summing ~3×)."""
+    return torch.linalg.vector_norm(torch.view_as_real(w), dim=(-2, -1))
+
+
+def _workspace(workspace: dict | None, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor of `shape`, carved from a buffer kept in `workspace` (grown when too small).
+
+    Solves need ~100 MB of Krylov basis: a fresh allocation that large is mapped anew by the C library each
+    time, and on a VM the first touch of its pages costs more than the arithmetic that writes them.
+    """
+    numel = math.prod(shape)
+    if workspace is None:
+        return torch.empty(shape, dtype=dtype)
+    buf = workspace.get(key)
+    if buf is None or buf.numel() < numel or buf.dtype != dtype:
+        buf = workspace[key] = torch.empty(numel, dtype=dtype)
+    return buf[:numel].view(shape)
 
 
 @functools.lru_cache(maxsize=8)
@@ -156,7 +198,8 @@ def _givens(a: torch.Tensor, b: torch.Tensor):
     return abs_a / safe_rho, phase * b.conj() / safe_rho, phase * rho
 
 
-def batched_gmres(apply_k, b: torch.Tensor, *, tol: float, restart: int, max_iterations: int):
+def batched_gmres(apply_k, b: torch.Tensor, *, tol: float, restart: int, max_iterations: int,
+                  workspace: dict | None = None):
     """Solve (I + K) x_β = b_β for every row β of `b` with restarted GMRES, all rows advanced together.
 
     `apply_k` maps a (m, N) complex128 tensor to (m, N): K on a stack of vectors; `b` (B, N) complex128.
@@ -167,6 +210,7 @@ def batched_gmres(apply_k, b: torch.Tensor, *, tol: float, restart: int, max_ite
     explicit product gives the residual at each restart) and then drops out of the batch. Orthogonalisation
     against all previous vectors is two batched matrix products (classical Gram–Schmidt, repeated where more
     than two digits cancel), not a Python loop over the basis.
+    `workspace`: a dict the caller keeps between solves, to reuse the basis memory (see `_workspace`).
     Returns (x (B, N), iterations (B,) int64, relative residuals (B,) float64). Raises ConvergenceError
     when a system is still above tol after `max_iterations` iterations.
     """
@@ -191,7 +235,7 @@ def batched_gmres(apply_k, b: torch.Tensor, *, tol: float, restart: int, max_ite
         m = min(restart, max_iterations - spent)
         nbp = pending.numel()
         # Basis vectors are written before they are read; empty() avoids touching (m+1)·B·N entries.
-        basis = torch.empty((nbp, m + 1, nn), dtype=cdt)
+        basis = _workspace(workspace, "basis", (nbp, m + 1, nn), cdt)
         hess = torch.zeros((nbp, m + 1, m), dtype=cdt)
         cs = torch.zeros((nbp, m), dtype=torch.float64)
         sn = torch.zeros((nbp, m), dtype=cdt)
@@ -225,7 +269,9 @@ def batched_gmres(apply_k, b: torch.Tensor, *, tol: float, restart: int, max_ite
                     break
             # An exact invariant subspace (or a frozen system, whose w is 0): nothing left to add.
             breakdown = hnext <= 1e-14 * norm_in
-            basis[:, j + 1] = w / torch.where(breakdown, 1.0, hnext)[:, None]
+            # complex ÷ real on the (…, 2) real view: exactly rounded, and several times faster than complex ÷
+            torch.div(torch.view_as_real(w), torch.where(breakdown, 1.0, hnext)[:, None, None],
+                      out=torch.view_as_real(basis[:, j + 1]))
             if bool(breakdown.any()):
                 basis[breakdown, j + 1] = 0
             col = torch.cat([hcol, hnext[:, None].to(cdt)], dim=1)
@@ -277,7 +323,8 @@ class ScatteringSolver:
     right-hand side's norm. For uniform angles the mode norms decay like |J_m(k·radius of η)|, so about
     2k·radius + 20 modes remain whatever n_inc (about 45 at the default tier, of 64 or of 160); the
     kept modes are solved to a tolerance that keeps every direction's residual ≤ tol, and the directions are
-    recovered by an inverse DFT. Threads: torch's (torch.set_num_threads).
+    recovered by an inverse DFT. Threads: torch's (torch.set_num_threads). A solver keeps its work buffers
+    (Krylov basis, FFT input) from call to call, so one solver must not be used by two threads at once.
     """
 
     def __init__(self, n: int, k: float, incident_angles, receiver_angles, *, box: float = 1.0,
@@ -301,6 +348,8 @@ class ScatteringSolver:
         self.farfield_matrix = torch.from_numpy(
             weight * np.exp(-1j * self.k * (np.stack([np.cos(rec), np.sin(rec)], 1) @ pts)))
         self.last_iterations = np.zeros(0, dtype=np.int64)
+        self._workspace: dict[str, torch.Tensor] = {}  # GMRES basis memory, reused from sample to sample
+        self._fft_buffer = FFTBuffer()
 
     def _eta(self, eta) -> np.ndarray:
         eta = np.asarray(eta)
@@ -321,7 +370,8 @@ class ScatteringSolver:
         nz_cols = np.flatnonzero(e.any(axis=0))
         block = (slice(nz_rows[0], nz_rows[-1] + 1), slice(nz_cols[0], nz_cols[-1] + 1))
         eta_block = np.ascontiguousarray(e[block])
-        apply_k = _ContrastOperator(self.kernel.spectrum(*eta_block.shape), eta_block, self.k)
+        apply_k = _ContrastOperator(self.kernel.spectrum(*eta_block.shape), eta_block, self.k,
+                                    self._fft_buffer)
         rhs = torch.from_numpy(eta_block.ravel()) * self._on_block(self.incident, block)
         if self.compress and n_inc > 1:
             modes = torch.fft.fft(rhs, dim=0)
@@ -336,13 +386,14 @@ class ScatteringSolver:
                 # Direction a's residual ≤ (dropped norms) + Σ_m (mode m's residual)/n_inc ≤ 0.1·tol + 0.9·tol.
                 tol = 0.9 * self.tol * rhs_norm / float(norms[keep].sum())
                 w_modes, iterations, _ = batched_gmres(apply_k, modes[keep], tol=tol, restart=self.restart,
-                                                       max_iterations=self.max_iterations)
+                                                       max_iterations=self.max_iterations,
+                                                       workspace=self._workspace)
                 self.last_iterations = iterations.numpy()
                 full = torch.zeros_like(modes)
                 full[keep] = w_modes
                 return torch.fft.ifft(full, dim=0), block
         w, iterations, _ = batched_gmres(apply_k, rhs, tol=self.tol, restart=self.restart,
-                                         max_iterations=self.max_iterations)
+                                         max_iterations=self.max_iterations, workspace=self._workspace)
         self.last_iterations = iterations.numpy()
         return w, block
 
