@@ -191,3 +191,23 @@ def test_a_write_failure_is_one_line_naming_the_file_once():
     assert write_failure("/r/last.pt", raw) == "/r/last.pt: cannot write: No space left on device"
     named = OSError(errno.ENOSPC, "/r/last.pt: cannot write: No space\nleft on device")
     assert write_failure("/r/last.pt", named) == "/r/last.pt: cannot write: No space left on device"
+
+
+def test_optimizer_state_of_an_older_bcrdist_keeps_the_multi_tensor_kernel():
+    """A checkpoint written with per-parameter NAdam loops (foreach=False) brings back the moments, not the
+    slower implementation flag."""
+    from types import SimpleNamespace
+
+    from bcrdist.train.state import OptimizerHolder
+
+    cfg = SimpleNamespace(optim=SimpleNamespace(name="nadam", weight_decay=0.0))
+    model = torch.nn.Linear(3, 2)
+    old = torch.optim.NAdam(model.parameters(), lr=1e-3, foreach=False)
+    model(torch.randn(4, 3)).sum().backward()
+    old.step()
+    holder = OptimizerHolder(cfg, model, 1e-3)
+    assert holder.optimizer.param_groups[0]["foreach"] is True
+    holder.load_state_dict(old.state_dict())
+    assert holder.optimizer.param_groups[0]["foreach"] is True
+    for p in model.parameters():
+        assert torch.equal(holder.optimizer.state[p]["exp_avg"], old.state[p]["exp_avg"])

@@ -108,7 +108,12 @@ class OptimizerHolder:
         return self.optimizer.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
+        """Moments and learning rate from `state`; the implementation flags (`foreach`, `fused`) stay this
+        optimizer's own, so a checkpoint written by an older bcrdist does not bring back a slower kernel."""
+        flags = [{k: g[k] for k in ("foreach", "fused") if k in g} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state)
+        for group, own in zip(self.optimizer.param_groups, flags):
+            group.update(own)
 
 
 @dataclass
