@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bcrdist.cli.demo import PACKAGED_CONFIGS, find_config
+from bcrdist.config import PACKAGED_CONFIGS, find_config
 from bcrdist.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
