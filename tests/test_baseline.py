@@ -115,9 +115,9 @@ def test_far_field_image_data_end_to_end(farfield_data, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--k", "3"], "--k: 3.0 contradicts provenance.config"),
-    (["--sign=+1"], "--sign: 1 contradicts provenance.config"),
-    (["--angles", "periodic"], "--angles: 'periodic' contradicts provenance.config"),
+    (["--k", "3"], "--k: 3.0 contradicts the manifest's grid record"),
+    (["--sign=+1"], "--sign: 1 contradicts the manifest's grid record"),
+    (["--angles", "periodic"], "--angles: 'periodic' contradicts the manifest's grid record"),
     (["--entries", "measure"], "--entries: 'measure' applies to Fan's polar layout only"),
 ])
 def test_far_field_options_that_do_not_fit_are_one_line_errors(farfield_data, tmp_path, capsys, args, message):

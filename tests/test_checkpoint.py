@@ -301,4 +301,5 @@ def test_scattering_model_from_config_uses_the_model_section():
     model = ScatteringModel.from_config(cfg, (16, 8), (16, 6))
     assert model.extra_config() == {"net": {"n_input": [16, 8], "n_output": [16, 6], "alpha": 3, "n_cnn": 2,
                                             "n_cnn3": 2, "w_comp": 3, "levels": 2},
-                                    "antipodal": False, "use_imag": True}
+                                    "antipodal": False, "use_imag": True, "input": "measure", "target": "coe",
+                                    "data_input": [16, 8], "data_output": [16, 6]}

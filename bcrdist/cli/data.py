@@ -73,6 +73,18 @@ def add_shard_arguments(parser: argparse.ArgumentParser) -> None:
                         help="OUT holds another data set: delete it (manifest, shards, its splits) and convert "
                              "(default: refuse)")
     parser.add_argument("--quiet", action="store_true", help="no per-shard progress lines")
+    grid = parser.add_argument_group("the grid of a far-field/image file (recorded in the manifest when --k and "
+                                     "--box are given)")
+    grid.add_argument("--k", type=float, help="wavenumber of the far field (absolute units)")
+    grid.add_argument("--box", type=float, help="side L of the square [−L/2, L/2]² the image covers (the port: 2)")
+    grid.add_argument("--angles", choices=("endpoint", "periodic"),
+                      help="direction grid: endpoint −π + 2πj/(Na−1) (default, the port's) or periodic 2πj/Na")
+    grid.add_argument("--image-points", choices=("nodes", "centres"),
+                      help="pixels at the nodes (both edges; default, the port's) or at the cell centres")
+    grid.add_argument("--image-index", choices=("xy", "yx"), help="image[i, j] = η(x_i, y_j) (xy, default) or "
+                      "its transpose")
+    grid.add_argument("--sign", type=int, choices=(-1, 1),
+                      help="far-field sign: −1 e^{−ik x̂·y} (ours), +1 the conjugate (the port's); default unknown")
 
 
 def run_shard(args: argparse.Namespace) -> int:
@@ -83,6 +95,8 @@ def run_shard(args: argparse.Namespace) -> int:
     with one_line_os_errors():
         shard_file(args.src, args.out, args.samples_per_shard, layout=args.layout, slab_bytes=args.slab_bytes,
                    allow_nonfinite=args.allow_nonfinite, overwrite=args.overwrite, comm=comm,
+                   grid={key: getattr(args, key) for key in ("k", "box", "angles", "image_points", "image_index",
+                                                             "sign")},
                    log=progress(comm, args.quiet))
     return 0
 

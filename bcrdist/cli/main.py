@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(text: str) -> None:
+    """One line to stderr in one write: the ranks of a job share one stream, and a message written in two
+    pieces (text, then newline) interleaves with another rank's."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -113,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BcrdistError, ValueError, FileNotFoundError) as exc:
         if os.environ.get("BCRDIST_TRACEBACK"):
             raise
-        print(f"bcrdist {name}: error: {exc}", file=sys.stderr)
+        error_line(f"bcrdist {name}: error: {exc}")
         return 2
     except OSError as exc:
         # a failing disk or file system (ENOSPC, EIO, EACCES): the message names the file; status 1, not the
@@ -121,5 +128,5 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("BCRDIST_TRACEBACK"):
             raise
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-        print(f"bcrdist {name}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        error_line(f"bcrdist {name}: error: {where}{exc.strerror or exc}")
         return 1

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import yaml
 
+from bcrdist.cli.main import error_line
 from bcrdist.config import closest_key, load_config, to_dict
 from bcrdist.errors import BcrdistError, ConfigError
 from bcrdist.train.config import TrainConfig
@@ -66,21 +66,35 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     orig.add_argument("--log-path", help="folder for the run directory")
     orig.add_argument("--output-suffix", help="suffix of the run directory name")
     orig.add_argument("--verbose", type=int, help="accepted for compatibility; logging is always line-based")
+    orig.add_argument("--port", action="store_true",
+                      help="the PyTorch port's defaults for these flags and its data (far field → image): input "
+                           "prefix merged_data, batch size 16, percent .3/.4, loss weights 0.5/0.5, the real part of "
+                           "`farfield` → `image`, no antipodal preprocessing (see the README)")
+
+
+# `--port`: the PyTorch port's defaults where they differ from Fan's (its L = ⌊log2 Ns⌋ − 4 is, at its 100
+# directions, the 2 levels bcrdist's default chooses for Ns = 100)
+PORT_DEFAULTS = {"schedule.batch_size": 16, "schedule.loss_weights": "[0.5, 0.5]", "data.input": "farfield",
+                 "data.target": "image", "data.use_imag": "false", "data.antipodal": "false"}
 
 
 def original_flag_overrides(args: argparse.Namespace) -> list[str]:
-    """The original flags as `key=value` overrides (applied before --set)."""
+    """The original flags as `key=value` overrides (applied before --set); with `--port` on the port's
+    defaults (`PORT_DEFAULTS`, prefix merged_data, percent .3/.4)."""
     from bcrdist.data.splits import parse_fraction
 
     simple = {"epoch": "schedule.epochs", "alpha": "model.alpha", "n_cnn": "model.n_cnn",
               "n_cnn3": "model.n_cnn3", "noise": "data.noise", "lr": "optim.lr",
               "batch_size": "schedule.batch_size", "w_comp": "model.w_comp",
               "initialvalue": "schedule.initial_weights"}
-    out = [f"{key}={getattr(args, flag)}" for flag, key in simple.items() if getattr(args, flag) is not None]
-    if args.percent is not None:
-        out.append(f"data.percent={parse_fraction(args.percent)}")
-    if args.data_path or args.input_prefix:
-        out.append(f"data.path={os.path.join(args.data_path or 'data', args.input_prefix or 'scafullV1N4')}")
+    port = getattr(args, "port", False)
+    out = [f"{key}={value}" for key, value in PORT_DEFAULTS.items()] if port else []
+    out += [f"{key}={getattr(args, flag)}" for flag, key in simple.items() if getattr(args, flag) is not None]
+    if args.percent is not None or port:
+        out.append(f"data.percent={parse_fraction(args.percent or '.3/.4')}")
+    prefix = args.input_prefix or ("merged_data" if port else "scafullV1N4")
+    if args.data_path or args.input_prefix or port:
+        out.append(f"data.path={os.path.join(args.data_path or 'data', prefix)}")
     if args.log_path or args.output_suffix:
         name = (f"S2d{args.input_prefix or 'run'}Nc{args.n_cnn or 6}Al{args.alpha or 40}"
                 f"Ns{args.noise or 0:g}{args.output_suffix or ''}")
@@ -127,7 +141,7 @@ def run_train(args: argparse.Namespace) -> int:
         # Ctrl-C outside the training loop (reading the data, building the model, the final evaluation)
         last = os.path.join(cfg.run_dir, "checkpoints", "last.pt")
         saved = f"{last} holds the last saved state" if os.path.isfile(last) else "nothing was saved"
-        print(f"bcrdist train: interrupted (Ctrl-C) outside the training loop; {saved}", file=sys.stderr)
+        error_line(f"bcrdist train: interrupted (Ctrl-C) outside the training loop; {saved}")
         return 130
     except FileNotFoundError:
         raise
@@ -137,5 +151,5 @@ def run_train(args: argparse.Namespace) -> int:
         raise BcrdistError(text if exc.filename else f"{cfg.run_dir}: writing the run's files failed: {text}") \
             from None
     if result.get("message") and result.get("status") != "complete":
-        print(f"bcrdist train: {result['message']}", file=sys.stderr)
+        error_line(f"bcrdist train: {result['message']}")
     return exit_status(result)

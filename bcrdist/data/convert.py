@@ -7,7 +7,8 @@ Source layouts (detected from the dataset names, or forced with `layout=`):
 - "farfield" — the far-field/image `.hdf5`: `farfield.real`, optional `farfield.imag`, `image`, each stored
   (M, N) with M a perfect square, sample j being `column j reshaped (√M, √M)` (the original's
   `.T.reshape(N, √M, √M)`). Shards hold `farfield` (N, √M, √M), complex when the imaginary part is present,
-  and `image` (N, √M', √M').
+  and `image` (N, √M', √M'). With the grid options (`converted_grid`: --k, --box, and --angles, --image-points,
+  --image-index, --sign with the port's defaults endpoint, nodes, xy, unknown) the manifest records the grid.
 
 Memory is bounded by a few times `slab_bytes`: each dataset is copied in slabs of about that size (the
 far-field layout reads a column slab across all M rows and transposes it). Shards are independent: under
@@ -38,6 +39,7 @@ from bcrdist.distributed.mpi import gather_or_raise, world
 from bcrdist.data.stats import merge_statistics, shard_statistics
 from bcrdist.errors import ConfigError, DataError
 from bcrdist.fileio import one_line, os_message
+from bcrdist.physics.layout import GridInfo
 
 SLAB_BYTES = 256 << 20
 FAN_REQUIRED = {"measure": 3, "coe": 3}
@@ -300,12 +302,43 @@ def convert_shard(fh: h5py.File, fields: list[ShardField], out_dir: pathlib.Path
         return writer.commit()
 
 
+FARFIELD_GRID_DEFAULTS = {"angles": "endpoint", "image_points": "nodes", "image_index": "xy", "sign": None}
+
+
+def converted_grid(layout: str, fields: list[ShardField], options: dict | None) -> dict | None:
+    """The manifest's grid record of a converted far-field/image file: `options` {k, box, angles, image_points,
+    image_index, sign} (None: not given) with the port's defaults (`FARFIELD_GRID_DEFAULTS`) and the sizes of the
+    shard fields; None when neither k nor box is given (the grid is then not recorded). ConfigError naming the
+    option for an incomplete or impossible grid, or grid options on Fan's layout (its grid is not recorded)."""
+    options = {key: value for key, value in (options or {}).items() if value is not None}
+    if not options:
+        return None
+    flag = "--" + sorted(options)[0].replace("_", "-")
+    if layout != "farfield":
+        raise ConfigError(f"{flag}: grid options describe the far-field/image layout; {layout!r} takes none")
+    missing = [f"--{key}" for key in ("k", "box") if key not in options]
+    if missing:
+        raise ConfigError(f"{' and '.join(missing)}: needed with the other grid options (the wavenumber and the "
+                          f"side of the square the image covers, e.g. --k 16 --box 2 for the port's [−1, 1]²)")
+    picked = {**FARFIELD_GRID_DEFAULTS, **{k: v for k, v in options.items() if k in FARFIELD_GRID_DEFAULTS}}
+    shapes = {f.name: f.sample_shape for f in fields}
+    try:
+        grid = GridInfo(k=float(options["k"]), angles=picked["angles"], n_obs=shapes["farfield"][0],
+                        n_inc=shapes["farfield"][1], target="cartesian", farfield_sign=picked["sign"],
+                        image_size=shapes["image"][0], image_extent=float(options["box"]),
+                        image_points=picked["image_points"], image_index=picked["image_index"])
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {str(exc).removeprefix('GridInfo: ')}") from None
+    return grid.to_record()
+
+
 def shard_file(src, out, samples_per_shard: int, *, layout: str = "auto", slab_bytes: int = SLAB_BYTES,
-               allow_nonfinite: bool = False, overwrite: bool = False, comm=None,
+               allow_nonfinite: bool = False, overwrite: bool = False, grid: dict | None = None, comm=None,
                log: Callable[[str], None] = lambda _: None) -> pathlib.Path:
     """Convert `src` into the sharded data set `out` (created if needed); returns the manifest path.
 
     `overwrite`: replace another data set found in `out` (see the module docstring) instead of refusing.
+    `grid`: options of a far-field/image file's grid record (`converted_grid`).
     """
     comm = comm if comm is not None else world()
     src, out = pathlib.Path(src).resolve(), pathlib.Path(out)
@@ -316,6 +349,7 @@ def shard_file(src, out, samples_per_shard: int, *, layout: str = "auto", slab_b
     started = time.monotonic()
     with open_h5(src) as fh:
         layout, n, fields, record = inspect_source(fh, layout)
+        grid_record = converted_grid(layout, fields, grid)
         plan = [(i, first, min(samples_per_shard, n - first))
                 for i, first in enumerate(range(0, n, samples_per_shard))]
         # every rank checks (and fails) alike, so no rank waits for one that raised
@@ -326,6 +360,8 @@ def shard_file(src, out, samples_per_shard: int, *, layout: str = "auto", slab_b
         stat = src.stat()
         source_id = {"source": str(src), "source_bytes": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}
         config = {"samples_per_shard": samples_per_shard, "layout": layout, "allow_nonfinite": allow_nonfinite}
+        if grid_record is not None:
+            config["grid"] = {key: value for key, value in grid_record.items() if key != "conventions"}
         other = other_data_set(out, [shard_name(i) for i, _, _ in plan], fields, source_id, config)
         if other and not overwrite:
             raise DataError(f"{other}; use an empty folder, or pass --overwrite to replace the data set in {out}")
@@ -366,7 +402,7 @@ def shard_file(src, out, samples_per_shard: int, *, layout: str = "auto", slab_b
                       "mpi_ranks": comm.size, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         try:
             write_manifest(out, all_infos, provenance=provenance, layout=record,
-                           statistics=merge_statistics(per_shard))
+                           statistics=merge_statistics(per_shard), grid=grid_record)
             log(f"{out}: {n} samples in {len(plan)} shards ({layout} layout) in {time.monotonic() - started:.1f} s")
         except DataError as exc:
             error = exc

@@ -31,6 +31,7 @@ import h5py
 import numpy as np
 
 from bcrdist.errors import DataError
+from bcrdist.physics.layout import GridInfo
 from bcrdist.fileio import (HeldErrorFile, PathLike, atomic_write_json, fd_sha256, file_sha256, fsync_file,
                             one_line, os_message, remove_stale_temps, temp_path)
 
@@ -293,14 +294,16 @@ def _sorted_contiguous(shards: list[dict], where: str) -> list[dict]:
 
 
 def write_manifest(out_dir: PathLike, shard_infos: list[dict], *, provenance: dict,
-                   statistics: dict | None = None, layout: dict | None = None) -> pathlib.Path:
+                   statistics: dict | None = None, layout: dict | None = None,
+                   grid: dict | None = None) -> pathlib.Path:
     """Write `out_dir/manifest.json` atomically; returns its path.
 
     `shard_infos` are the dicts returned by `write_shard`/`existing_shard`, in any order; they are sorted by
     first_index and must cover 0 … N−1 without gaps or overlaps. Dataset names, per-sample shapes and dtypes
     come from the first shard; every other shard must hold the same. `provenance` records how the data set
     was made (tool, version, source, seed, config). `statistics` maps field → {count, min, max, mean, std,
-    nonfinite} (see `bcrdist.data.stats`); `layout` records the source file layout for `merge`.
+    nonfinite} (see `bcrdist.data.stats`); `layout` records the source file layout for `merge`; `grid` is the
+    data set's `GridInfo.to_record()` (angle grid, polar or Cartesian target, sign; checked here).
     """
     out_dir = pathlib.Path(out_dir)
     where = str(out_dir / MANIFEST_NAME)
@@ -319,6 +322,8 @@ def write_manifest(out_dir: PathLike, shard_infos: list[dict], *, provenance: di
         shards.append({"file": str(info["file"]), "first_index": int(info["first_index"]),
                        "num_samples": int(info["num_samples"]), "sha256": str(info["sha256"]), "bytes": size})
     shards = _sorted_contiguous(shards, where)
+    if grid is not None:
+        GridInfo.from_record(grid, f"{where}: grid")
     first = _describe_shard(out_dir / shards[0]["file"])
     datasets = {name: {"shape": d["shape"], "dtype": d["dtype"], "chunk_samples": 0} for name, d in first.items()}
     for s in shards:
@@ -338,6 +343,8 @@ def write_manifest(out_dir: PathLike, shard_infos: list[dict], *, provenance: di
     manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "dataset_id": dataset_id(shards),
                 "num_samples": sum(s["num_samples"] for s in shards), "datasets": datasets, "shards": shards,
                 "statistics": statistics, "provenance": provenance, "layout": layout}
+    if grid is not None:
+        manifest["grid"] = grid
     return _write_manifest_file(out_dir / MANIFEST_NAME, manifest)
 
 
@@ -395,6 +402,13 @@ class Manifest:
     @property
     def path(self) -> pathlib.Path:
         return self.root / MANIFEST_NAME
+
+    @property
+    def grid(self) -> GridInfo | None:
+        """The data set's grid record (`GridInfo`), None for data sets written without one (before grid records,
+        or converted without `--k`/`--box`); DataError for a malformed record."""
+        record = self.raw.get("grid")
+        return None if record is None else GridInfo.from_record(record, f"{self.path}: grid")
 
     def shard_path(self, i: int) -> pathlib.Path:
         return self.root / self.shards[i]["file"]

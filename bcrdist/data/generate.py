@@ -7,7 +7,8 @@ is written by rank s mod P; rank 0 writes the manifest once every rank is done. 
 resumes: complete, checksum-verified shards are kept. An output directory that holds shards or a manifest made
 with other settings is refused. A full disk or an I/O error stops every rank with one line naming the file;
 the shards completed before stay, and the same command resumes once there is space.
-The arrays per sample are listed in `bcrdist.physics.sampling`.
+The arrays per sample are listed in `bcrdist.physics.sampling`; the manifest's `grid` record
+(`bcrdist.physics.layout.grid_info_from_config`) says the angle grid and the target's kind and pixels.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from bcrdist.distributed.mpi import gather_or_raise, world
 from bcrdist.errors import DataError
 from bcrdist.fileio import os_message
 from bcrdist.physics.generation_config import GenerationConfig
+from bcrdist.physics.layout import grid_info_from_config
 from bcrdist.physics.sampling import SampleMaker
 from bcrdist.progress import Progress
 
@@ -136,12 +138,11 @@ def generate(cfg: GenerationConfig, out_dir, *, threads: int = 1, progress: bool
     total_written = sum(comm.allgather(written))
     if rank == 0:
         try:
+            grid = grid_info_from_config(cfg)
             write_manifest(out_dir, all_infos, provenance={
                 "tool": "bcrdist generate", "config": to_dict(cfg), "config_sha256": config_sha,
-                "conventions": "farfield[obs, src] = u_inf(theta_obs; theta_src), theta_j = 2*pi*j/Na; "
-                               "measure[i, j] = farfield[(i + j) % Na, (i - j) % Na]; "
-                               "coe[j, i] = eta(rho_i cos theta_j, rho_i sin theta_j), rho_i = (i + 1/2) R / Nr",
-            })
+                "conventions": grid.conventions(),
+            }, grid=grid.to_record())
         except OSError as exc:
             error = DataError(f"{out_dir}: {os_message(exc)}")
         except Exception as exc:  # noqa: BLE001

@@ -10,37 +10,108 @@ raw `measure` arrays and returns η in physical units, assembling the network in
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from bcrdist.errors import ConfigError
 from bcrdist.transforms import network_input
-from bcrdist.models.bcrnet import BCRNet
+from bcrdist.models.bcrnet import BCRNet, default_levels
+
+
+def resolve_levels(ns: int, levels: int | None, padded: bool) -> int:
+    """Wavelet levels for an angle axis of Ns: `levels` when Ns is divisible by 2^levels; null = ⌊log2 Ns⌋ − 2
+    (the original's), lowered until 2^L divides Ns (100 → 2, as the port). ConfigError naming `model.levels`
+    (or `model.pad_to`) for a size BCR-Net cannot take."""
+    where = "model.pad_to" if padded else "model.levels"
+    if levels is not None:
+        if ns % 2 ** levels:
+            raise ConfigError(f"{where}: Ns={ns} is not divisible by 2^levels = {2 ** levels}; lower model.levels "
+                              f"or set model.pad_to to a multiple of {2 ** levels}")
+        return levels
+    level = default_levels(ns)
+    while level >= 1 and ns % 2 ** level:
+        level -= 1
+    if level < 1:
+        raise ConfigError(f"{where}: Ns={ns} is odd, BCR-Net needs an angle axis divisible by 2 at least; set "
+                          f"model.pad_to to an even size (e.g. [{-(-ns // 4) * 4}, W])")
+    return level
 
 
 class ScatteringModel(nn.Module):
-    """(B, Ns, Nd') preprocessed measurements → (B, Nt, Nr) normalised η (and the auxiliary head).
+    """(B, Ns, Nd') preprocessed network input → (B, Nt, Nr) normalised target (and the auxiliary head).
 
-    Nd' = Nd, or 2·Nd when the imaginary part is concatenated (`use_imag`).
+    Nd' = Nd, or 2·Nd when a second part is concatenated (`use_imag`). With padding (`net.n_input` larger than
+    `data_input`), the normalised input is zero-padded after its last angle and detector to `net.n_input` and
+    the network's output cropped to `data_output`: the padded region is never compared with data, in any loss
+    or metric, because it never leaves the model.
     """
 
-    def __init__(self, net: BCRNet | dict, *, antipodal: bool = True, use_imag: bool = False):
-        """`net`: the network, or its constructor arguments (`BCRNet.config()`, as checkpoints store them)."""
+    def __init__(self, net: BCRNet | dict, *, antipodal: bool = True, use_imag: bool = False,
+                 input: str = "measure", target: str = "coe", data_input=None, data_output=None):
+        """`net`: the network, or its constructor arguments (`BCRNet.config()`, as checkpoints store them);
+        `input`/`target`: the datasets it reads and predicts; `data_input`/`data_output`: the unpadded sizes
+        (default: the network's)."""
         super().__init__()
         self.net = net if isinstance(net, BCRNet) else BCRNet(**net)
         self.antipodal = antipodal
         self.use_imag = use_imag
-        nd = self.net.n_input[1]
+        self.input, self.target = input, target
+        self.data_input = tuple(int(v) for v in (data_input or self.net.n_input))
+        self.data_output = tuple(int(v) for v in (data_output or self.net.n_output))
+        for what, data, net_size in (("input", self.data_input, self.net.n_input),
+                                     ("output", self.data_output, self.net.n_output)):
+            if any(d > n for d, n in zip(data, net_size)):
+                raise ValueError(f"ScatteringModel: data {what} {data} is larger than the network's {net_size}")
+        nd = self.data_input[1]
         self.register_buffer("in_shift", torch.zeros(nd))
         self.register_buffer("in_scale", torch.ones(nd))
         self.register_buffer("out_scale", torch.ones(()))
 
+    @property
+    def padded(self) -> bool:
+        return self.data_input != tuple(self.net.n_input) or self.data_output != tuple(self.net.n_output)
+
     @classmethod
-    def from_config(cls, cfg, n_input, n_output) -> ScatteringModel:
-        """The model of training config `cfg` (its `model` section and `data.antipodal`/`data.use_imag`) for
-        network inputs (Ns, Nd') and targets (Nt, Nr); ValueError for sizes BCR-Net cannot take."""
-        return cls(BCRNet.from_config(cfg.model, n_input, n_output), antipodal=cfg.data.antipodal,
-                   use_imag=cfg.data.use_imag)
+    def from_config(cls, cfg, n_input, n_output, *, antipodal: bool | None = None, use_imag: bool | None = None,
+                    bc_padding: str | None = None, input: str | None = None) -> ScatteringModel:
+        """The model of training config `cfg` (its `model` section, `data.input`/`data.target`, and the resolved
+        `antipodal`/`use_imag`, by default `data.antipodal`/`data.use_imag`) for network inputs (Ns, Nd') and
+        targets (Nt, Nr), padded to `model.pad_to`; ConfigError or ValueError for sizes BCR-Net cannot take.
+        `bc_padding`: the resolved `model.bc_padding` (`period` or `zero`; needs a BCR-Net that takes it);
+        `input`: the resolved input field (`farfield.real` for a complex `farfield`), default `data.input`."""
+        m = cfg.model
+        n_input, n_output = tuple(int(v) for v in n_input), tuple(int(v) for v in n_output)
+        net_in, net_out = n_input, n_output
+        if m.pad_to is not None:
+            h, w = (int(v) for v in m.pad_to)
+            if max(n_input[0], n_output[0]) > h or max(n_input[1], n_output[1]) > w:
+                raise ConfigError(f"model.pad_to: {[h, w]} is smaller than the data (input {n_input[0]}×{n_input[1]}, "
+                                  f"target {n_output[0]}×{n_output[1]}); give [H, W] at least their size")
+            net_in, net_out = (h, w), (h, w)
+        levels = resolve_levels(net_in[0], m.levels, m.pad_to is not None)
+        extra = {} if bc_padding in (None, "period") else {"bc_padding": bc_padding}
+        try:
+            net = BCRNet.from_config(dataclasses.replace(m, levels=levels), net_in, net_out, **extra)
+        except TypeError:
+            raise ConfigError(f"model.bc_padding: {bc_padding!r} is not available in this BCR-Net (periodic "
+                              f"padding only); set model.bc_padding: period") from None
+        return cls(net, antipodal=bool(cfg.data.antipodal if antipodal is None else antipodal),
+                   use_imag=bool(cfg.data.use_imag if use_imag is None else use_imag),
+                   input=cfg.data.input if input is None else input,
+                   target=cfg.data.target, data_input=n_input, data_output=n_output)
+
+    @classmethod
+    def from_extra_config(cls, mc: dict) -> ScatteringModel:
+        """The model (untrained) of a checkpoint's `model_config` (`extra_config()`; older ones lack the data
+        names and sizes: Fan's layout, unpadded)."""
+        net = dict(mc["net"])
+        net["n_input"], net["n_output"] = tuple(net["n_input"]), tuple(net["n_output"])
+        return cls(net, antipodal=mc["antipodal"], use_imag=mc["use_imag"], input=mc.get("input", "measure"),
+                   target=mc.get("target", "coe"), data_input=mc.get("data_input"), data_output=mc.get("data_output"))
 
     def set_normalization(self, shift, scale, out_scale: float) -> None:
         """Set the input shift/scale (each (Nd',)) and the output scale (> 0)."""
@@ -54,15 +125,26 @@ class ScatteringModel(nn.Module):
     def forward(self, x: torch.Tensor, return_aux: bool = False):
         """x (B, Ns, Nd') preprocessed measurements → normalised η (B, Nt, Nr) [, auxiliary head]."""
         x = (x - self.in_shift.to(x.dtype)) / self.in_scale.to(x.dtype)
-        return self.net(x, return_aux=return_aux)
+        if not self.padded:
+            return self.net(x, return_aux=return_aux)
+        (h, w), (nt, nr) = self.net.n_input, self.data_output
+        x = F.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2]))
+        out = self.net(x, return_aux=return_aux)
+        if return_aux:
+            return out[0][:, :nt, :nr], out[1][:, :nt, :nr]
+        return out[:, :nt, :nr]
 
     def preprocess(self, measure, measure_imag=None) -> torch.Tensor:
-        """Raw `measure` (B, Ns, Nd) [+ `measure_imag`] → the network input (B, Ns, Nd'), as in training."""
-        if self.use_imag and measure_imag is None:
-            raise ValueError("this model was trained with measure_imag: pass measure_imag as well")
+        """Raw input (B, Ns, Nd) [+ `measure_imag`] → the network input (B, Ns, Nd'), as in training. A complex
+        input (the far field) gives its real part, and with `use_imag` its imaginary part as the second one."""
         def tensor(a):
             return a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
 
+        measure = tensor(measure)
+        if measure.is_complex():
+            measure, measure_imag = measure.real, measure.imag
+        if self.use_imag and measure_imag is None:
+            raise ValueError("this model was trained with measure_imag: pass measure_imag as well")
         imag = tensor(measure_imag) if self.use_imag else None
         return network_input(tensor(measure), imag, apply_antipodal=self.antipodal).float()
 
@@ -82,4 +164,6 @@ class ScatteringModel(nn.Module):
 
     def extra_config(self) -> dict:
         """Everything besides the state dict needed to rebuild this model."""
-        return {"net": self.net.config(), "antipodal": self.antipodal, "use_imag": self.use_imag}
+        return {"net": self.net.config(), "antipodal": self.antipodal, "use_imag": self.use_imag,
+                "input": self.input, "target": self.target, "data_input": list(self.data_input),
+                "data_output": list(self.data_output)}

@@ -29,10 +29,18 @@ class DataConfig:
     test_split: str = setting("test", help="test split (name, file or `all`, as `data.train_split`)")
     n_valid: int = setting(1024, help="at most this many validation samples select the model (the first ones "
                            "of the split)", low=1)
-    antipodal: bool = setting(True, help="the original's input preprocessing (pairs each centre angle with its "
-                              "antipode)")
-    use_imag: bool = setting(False, help="also feed `measure_imag`, concatenated along the detector axis "
-                             "(Nd doubles)")
+    input: str = setting("measure", help="the dataset the network reads: `measure` (Fan's layout), `farfield` "
+                         "(the far-field layout), or any dataset (N, angles, detectors) of the data set; a complex "
+                         "one through `data.use_imag`, or one part named `NAME.real` / `NAME.imag`")
+    target: str = setting("coe", help="the dataset the network predicts: `coe` (polar η), `image` (Cartesian η), "
+                          "or any dataset (N, angles, W) of the data set")
+    antipodal: bool | None = setting(None, help="the original's input preprocessing (pairs each centre angle with "
+                                     "its antipode); only on the `measure` layout on a periodic grid; null = on "
+                                     "there, off elsewhere")
+    use_imag: bool | None = setting(None, help="`measure` input: also feed `measure_imag`; a complex input: false = "
+                                    "the real part only (what the port fed BCR-Net), true = real and imaginary "
+                                    "parts; the second part is concatenated along the detector axis (Nd doubles); "
+                                    "null = false for `measure`, must be chosen for a complex input")
     noise: float = setting(0.0, help="multiplicative noise X·(1 + σε), σ = noise/100, on training, validation "
                            "and test inputs (the original's `--noise`, percent)", low=0)
     noise_per_epoch: bool = setting(False, help="a fresh training-noise draw every epoch (data augmentation); "
@@ -61,7 +69,14 @@ class ModelConfig:
     n_cnn3: int = setting(5, help="2D refinement layers (N_cnn3)", low=1)
     w_comp: int = setting(1, help="kernel of the first and of the auxiliary-head layer (odd)", low=1)
     levels: int | None = setting(None, help="wavelet levels (Ns must be divisible by 2^levels); null = ⌊log2 Ns⌋ "
-                                 "− 2", low=1)
+                                 "− 2, or fewer where Ns is not divisible by that power of 2 (100 → 2)", low=1)
+    pad_to: tuple[int, int] | None = setting(None, help="[H, W]: zero-pad the network input's angle axis to H and its "
+                                       "last axis to W, and predict a target padded alike (e.g. [128, 128] for "
+                                       "100×100 data, levels 5); the padding counts in no loss or metric; null = "
+                                       "none", low=1)
+    bc_padding: Literal["auto", "period", "zero"] = setting(
+        "auto", help="BCR-Net's padding along the angle axis, 2D refinement head included: `period` or `zero`; "
+        "`auto` = period on periodic angle grids, zero otherwise")
 
     def validate(self):
         check_ranges(self, "model")
@@ -97,8 +112,9 @@ class ScheduleConfig:
         "empty only with `finetune: false`", items=STAGE_RANGES)
     loss_weights: tuple[float, float] = setting((1.0, 1.0), help="pre-training loss weights of (output, "
                                                 "auxiliary head), not both 0; Fan used 1/1, Ma 0.5/0.5", low=0)
-    metric: Literal["weighted", "psnr", "rel_l2"] = setting(
-        "weighted", help="selection error: `weighted` (radius-weighted relative error), `rel_l2`, or `psnr` (−PSNR)")
+    metric: Literal["auto", "weighted", "psnr", "rel_l2", "rel_l1"] = setting(
+        "auto", help="selection error: `weighted` (radius-weighted relative error, polar targets only), `rel_l2`, "
+        "`rel_l1`, or `psnr` (−PSNR); `auto` = weighted on polar targets, rel_l2 on Cartesian ones")
     patience: int = setting(10, help="epochs without improvement that end a stage", low=1)
     rel_threshold: float = setting(1e-3, help="an improvement must lower the error by more than this fraction",
                                    low=0)

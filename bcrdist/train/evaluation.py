@@ -28,8 +28,11 @@ from bcrdist.data.preprocess import Preprocess
 from bcrdist.distributed import init_distributed, shutdown_distributed
 from bcrdist.errors import DataError
 from bcrdist.fileio import atomic_write_held, atomic_write_json, json_safe
-from bcrdist.metrics import REPORTED, ErrorAccumulator, per_sample_error, summarize
-from bcrdist.models.checkpoint import load_model
+from bcrdist.data.grid import layout_of
+from bcrdist.metrics import REPORTED, REPORTED_FOR, SELECTION_DEFAULT, ErrorAccumulator, per_sample_error, summarize
+from bcrdist.models.checkpoint import load_checkpoint, load_model_state
+from bcrdist.models.scattering import ScatteringModel
+from bcrdist.physics.layout import GridInfo
 from bcrdist.train import plots
 from bcrdist.transforms import network_input_shape
 
@@ -125,21 +128,54 @@ def evaluate_model(model, batches: Iterable[tuple], ctx, metrics=REPORTED, heads
 N_SAVED = 100
 
 
-def check_shapes(model, checkpoint, data) -> None:
-    """Refuse a data set whose samples are not the shapes `model` was made for, naming both."""
-    manifest = read_manifest(data)
+def model_fields(model) -> tuple[str, str | None]:
+    """The Preprocess `input` and `input_imag` a model was trained with: `NAME.real` (+ `NAME.imag` with
+    use_imag) for a complex input, `measure` (+ `measure_imag`) for Fan's."""
+    if model.input.endswith(".real"):
+        return model.input, (model.input.removesuffix(".real") + ".imag") if model.use_imag else None
+    return model.input, "measure_imag" if model.use_imag else None
+
+
+def check_shapes(model, checkpoint, manifest) -> None:
+    """Refuse a data set that lacks the model's input or target, or whose samples are not the shapes the model
+    was made for, naming both."""
+    x, imag = model_fields(model)
+    base = x.removesuffix(".real")
     try:
-        measure, coe = manifest.datasets["measure"].shape, manifest.datasets["coe"].shape
+        shape_in, shape_out = manifest.datasets[base].shape, manifest.datasets[model.target].shape
     except KeyError as exc:
-        raise DataError(f"{manifest.path}: no dataset {exc} to evaluate on") from None
-    n_input = network_input_shape(measure, model.use_imag)
-    want_in, want_out = tuple(model.net.n_input), tuple(model.net.n_output)
-    if tuple(n_input) != want_in or tuple(coe) != want_out:
+        raise DataError(f"{manifest.path}: no dataset {exc} to evaluate on (the model reads {base!r} and predicts "
+                        f"{model.target!r})") from None
+    n_input = network_input_shape(shape_in, imag is not None) if len(shape_in) == 2 else shape_in
+    want_in, want_out = tuple(model.data_input), tuple(model.data_output)
+    if tuple(n_input) != want_in or tuple(shape_out) != want_out:
         def shape(s) -> str:
             return "×".join(map(str, s))
         raise DataError(f"{checkpoint}: a model for input {shape(want_in)} → output {shape(want_out)}, but the data "
-                        f"set {data} has input {shape(n_input)} → target {shape(coe)} (measure {shape(measure)}"
-                        f"{', with measure_imag' if model.use_imag else ''}); evaluate it on data of its size")
+                        f"set {manifest.root} has input {shape(n_input)} → target {shape(shape_out)} ({base} "
+                        f"{shape(shape_in)}{f', with {imag}' if imag else ''}); evaluate it on data of its size")
+
+
+def plot_grid(manifest, target: str, shape) -> GridInfo | None:
+    """The grid the sample plots are drawn on: the data set's record; a Cartesian target without one in pixel
+    units (nodes 0 … n − 1); None (polar) otherwise."""
+    layout = layout_of(manifest, target)
+    if manifest.grid is not None or layout.target_kind == "polar":
+        return manifest.grid
+    return GridInfo(k=1.0, angles="endpoint", n_obs=2, n_inc=2, target="cartesian", image_size=shape[0],
+                    image_extent=float(shape[0] - 1), image_points="nodes")
+
+
+def load_for_evaluation(checkpoint, device):
+    """The checkpoint's model (`ScatteringModel.from_extra_config`: padded models and data names included) in
+    eval mode on `device`, and {"seed", "config"} of its run."""
+    ck = load_checkpoint(checkpoint)
+    if "model_config" not in ck or "model" not in ck:
+        raise DataError(f"{checkpoint}: not a bcrdist model checkpoint (no model_config/model)")
+    model = ScatteringModel.from_extra_config(ck["model_config"])
+    load_model_state(model, ck["model"])
+    model.to(device).eval()
+    return model, {"seed": (ck.get("config") or {}).get("seed", 0), "config": ck.get("config")}
 
 
 def evaluate_checkpoint(checkpoint, data, split="test", out=None, noise=0.0, n_plots=4, batch_size=64,
@@ -148,11 +184,15 @@ def evaluate_checkpoint(checkpoint, data, split="test", out=None, noise=0.0, n_p
     `n_plots` 0: no sample plot."""
     ctx = init_distributed(device)
     try:
-        model, meta = load_model(checkpoint, device=ctx.device, with_meta=True)
-        check_shapes(model, checkpoint, data)
+        model, meta = load_for_evaluation(checkpoint, ctx.device)
+        manifest = read_manifest(data)
+        check_shapes(model, checkpoint, manifest)
+        kind = layout_of(manifest, model.target).target_kind
+        reported, selection = REPORTED_FOR[kind], SELECTION_DEFAULT[kind]
+        x_name, imag_name = model_fields(model)
         run_dir = Path(checkpoint).resolve().parent.parent
         out = Path(out) if out else run_dir / f"eval-{Path(str(split)).stem}"
-        spec = Preprocess(input="measure", target="coe", input_imag="measure_imag" if model.use_imag else None,
+        spec = Preprocess(input=x_name, target=model.target, input_imag=imag_name,
                           antipodal=model.antipodal, normalize_target=False, noise=noise, noise_fixed=True)
         reader = ShardedDataset(data, split=None if split == "all" else split, rank=ctx.rank,
                                 world_size=ctx.world_size, shuffle=False, exact=True, batch_size=batch_size,
@@ -172,10 +212,10 @@ def evaluate_checkpoint(checkpoint, data, split="test", out=None, noise=0.0, n_p
             if n_kept < N_SAVED:
                 take = slice(0, N_SAVED - n_kept)
                 for key, value in (("index", index), ("input", x), ("target", y), ("pred", pred),
-                                   ("error", errors["weighted"])):
+                                   ("error", errors[selection])):
                     keep[key].append(value[take].cpu().numpy())
 
-        stats = evaluate_model(model, batches(), ctx, on_batch=keep_first)
+        stats = evaluate_model(model, batches(), ctx, metrics=reported, on_batch=keep_first)
         check_finite(stats, nonfinite, ctx, f"{data}: split {split!r}")
         metrics = summarize(stats["out"])
         if ctx.is_main:
@@ -196,12 +236,15 @@ def evaluate_checkpoint(checkpoint, data, split="test", out=None, noise=0.0, n_p
                 k = min(n_plots, len(kept["index"]))
                 if k:
                     plots.plot_samples(kept["target"][:k] * scale, kept["pred"][:k] * scale, kept["error"][:k],
-                                       kept["index"][:k], out / "samples.png")
+                                       kept["index"][:k], out / "samples.png",
+                                       grid=plot_grid(manifest, model.target, model.data_output))
                 plots.plot_error_histogram(kept["error"], out / "error_histogram.png")
             plots.plot_training_curves(run_dir / "metrics.jsonl", out / "training_curves.png")
-            print(f"{split}: {metrics['weighted']['count']} samples, radius-weighted relative error "
-                  f"{metrics['weighted']['mean']:.4f} (max {metrics['weighted']['max']:.4f}), relative L2 "
-                  f"{metrics['rel_l2']['mean']:.4f}, PSNR {metrics['psnr']['mean']:.1f} dB; files in {out}")
+            first = ("radius-weighted relative error {m[weighted][mean]:.4f} (max {m[weighted][max]:.4f}), "
+                     if "weighted" in metrics else "")
+            print(f"{split}: {metrics[selection]['count']} samples, " + first.format(m=metrics)
+                  + f"relative L2 {metrics['rel_l2']['mean']:.4f}, relative L1 {metrics['rel_l1']['mean']:.4f}, "
+                  f"PSNR {metrics['psnr']['mean']:.1f} dB; files in {out}")
         return metrics
     finally:
         shutdown_distributed()

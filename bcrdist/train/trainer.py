@@ -39,9 +39,8 @@ from bcrdist.config import to_dict
 from bcrdist.distributed import DistContext, init_distributed, shutdown_distributed
 from bcrdist.errors import BcrdistError, ConfigError, DataError
 from bcrdist.fileio import atomic_write_bytes, atomic_write_json, json_safe
-from bcrdist.metrics import REPORTED, summarize
+from bcrdist.metrics import summarize
 from bcrdist.models.checkpoint import load_checkpoint, load_model_state, remove_stale_temporaries, save_model
-from bcrdist.models.scattering import ScatteringModel
 from bcrdist.train.best_model import BestModelTracker
 from bcrdist.train.config import TrainConfig
 from bcrdist.train.evaluation import NonFiniteSamples, check_finite, evaluate_model, gather, sample_list
@@ -53,7 +52,7 @@ from bcrdist.train.schedule import (FINETUNE_STAGES, PRETRAIN_STAGES, Stage, bui
 from bcrdist.train.run_dir import Claim, RunDirError, claim_run_dir
 from bcrdist.train.state import (BestWeights, Checkpointer, ModelWeights, OptimizerHolder, ProgressCounters,
                                  RandomState, write_failure)
-from bcrdist.train.training_data import TrainingData
+from bcrdist.train.training_data import TrainingData, build_model, check_before_claim
 
 
 class TrainingDiverged(BcrdistError):
@@ -99,11 +98,7 @@ class Trainer:
 
         self.data = TrainingData(cfg, ctx)
         self.provenance = run_provenance(cfg, self.data.manifest.dataset_id)
-        (ns, nd), (nt, nr) = self.data.input_shape, self.data.target_shape
-        try:
-            self.model = ScatteringModel.from_config(cfg, (ns, nd), (nt, nr))
-        except ValueError as exc:
-            raise ConfigError(f"model: {exc} (data {cfg.data.path}: input {ns}×{nd}, target {nt}×{nr})") from None
+        self.model = build_model(cfg, self.data.choice)
         shift, scale, out_scale = self.data.normalization()
         self.model.set_normalization(shift, scale, out_scale)
         self.model.to(ctx.device)
@@ -216,7 +211,7 @@ class Trainer:
         """Exact errors over the validation set (output and auxiliary head) and, when fine-tuning with a
         training slot, over the fixed training subset: {"out", "aux", "train" (or None)}. A non-finite error
         stops the run (`check_finite`); `when` says where in the run, for that message."""
-        metric = self.cfg.schedule.metric
+        metric = self.data.choice.metric
         val = self.measure("val", (metric,), ("out", "aux"), when)
         train = None
         if phase == "finetune" and self.tracker.test_weight < 1:
@@ -481,7 +476,7 @@ class Trainer:
             self.log.info(f"note: no evaluation improved on the starting best error {self.tracker.best_err:.4g} "
                           f"(schedule.keras_compat): the final model is the initial one, as in Keras, and no "
                           f"best.pt was written")
-        errors = {split: summarize(self.measure(split, REPORTED, ("out",), "of the best model",
+        errors = {split: summarize(self.measure(split, self.data.choice.reported, ("out",), "of the best model",
                                                 limit=None)["out"])
                   for split in ("val", "test") if self.data.has_split(split)}
         results = {
@@ -490,6 +485,7 @@ class Trainer:
             "stop_reason": self.stop_reason, "best_selection_error": self.tracker.best_err,
             "best_epoch": self.tracker.best_epoch, "errors": errors, "wall_time_s": wall,
             "n_train": self.data.n_train, "provenance": self.provenance,
+            "selection_metric": self.data.choice.metric, "target": self.data.choice.layout.target_kind,
         }
         path = self.run_dir / "results.json"
         self.written_by_rank0(path, lambda: atomic_write_json(path, json_safe(results)))
@@ -497,8 +493,9 @@ class Trainer:
             table = self.results_table_path()
             self.written_by_rank0(table, lambda: self.append_results_row(table, results))
         if self.ctx.is_main:
-            test = errors.get("test", errors.get("val", {})).get("weighted", {})
-            self.log.info(f"done: {self.stop_reason}; test radius-weighted relative error "
+            metric = self.data.choice.metric
+            test = errors.get("test", errors.get("val", {})).get(metric, {})
+            self.log.info(f"done: {self.stop_reason}; test {METRIC_NAMES[metric]} "
                           f"{test.get('mean', float('nan')):.4f}; results in {path}")
         self.ctx.barrier()
         return results
@@ -510,7 +507,7 @@ class Trainer:
     def append_results_row(self, path: Path, results: dict) -> None:
         """One tab-separated row per run, like the original's tr2dInvNoise.txt (header on creation); a failed
         append is cut back to the table's previous length, so no half row stays."""
-        test = results["errors"].get("test", {}).get("weighted", {})
+        test = results["errors"].get("test", {}).get(self.data.choice.metric, {})
         cfg = self.cfg
         row = [cfg.data.path, str(self.run_dir), cfg.model.alpha, cfg.model.n_cnn, cfg.model.n_cnn3,
                cfg.schedule.batch_size, self.data.n_train, test.get("count", 0), self.n_params,
@@ -534,6 +531,10 @@ class Trainer:
         finally:
             os.close(fd)
 
+
+
+METRIC_NAMES = {"weighted": "radius-weighted relative error", "rel_l2": "relative L2 error",
+                "rel_l1": "relative L1 error", "psnr": "PSNR (dB)"}
 
 
 def signal_name(number: int) -> str:
@@ -572,6 +573,7 @@ def train(cfg: TrainConfig, restart: bool = False) -> dict:
     ctx = init_distributed(cfg.runtime.device)
     held = None
     try:
+        check_before_claim(cfg)
         held = claim(cfg, ctx, restart)
         if held.complete:
             if ctx.is_main:

@@ -14,21 +14,130 @@ trainer's batch counter.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
 from bcrdist.data.format import read_manifest
+from bcrdist.data.grid import Layout, layout_of
 from bcrdist.data.preprocess import Preprocess, Preprocessor
 from bcrdist.data.dataset import ShardedDataset
 from bcrdist.data.splits import load_split, make_splits, split_path
 from bcrdist.distributed import DistContext
 from bcrdist.errors import ConfigError, DataError
+from bcrdist.models.scattering import ScatteringModel
+from bcrdist.metrics import REPORTED_FOR, SELECTION_DEFAULT, check_metrics_for_target
 from bcrdist.transforms import network_input_shape
 
 STATS_SAMPLES = 4096
 EVAL_BATCH = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class DataChoice:
+    """What the network reads and predicts, resolved against a data set (`resolve_data`): the Preprocess
+    fields `input` / `input_imag` / `target` (parts of a complex dataset named `NAME.real`/`NAME.imag`), the
+    resolved `antipodal` and `use_imag`, the shapes, the grid's `layout`, the selection `metric` and the
+    metrics reported for this target (`reported`)."""
+
+    input: str
+    input_imag: str | None
+    target: str
+    antipodal: bool
+    use_imag: bool
+    input_shape: tuple[int, int]
+    target_shape: tuple[int, int]
+    layout: Layout
+    metric: str
+    reported: tuple[str, ...]
+
+
+def _dataset(manifest, name: str, key: str, what: str):
+    if name not in manifest.datasets:
+        raise ConfigError(f"{key}: the data set {manifest.root} has no dataset {name!r} (datasets: "
+                          f"{', '.join(manifest.datasets)}); expected {what}")
+    spec = manifest.datasets[name]
+    if len(spec.shape) != 2:
+        raise ConfigError(f"{key}: dataset {name!r} of {manifest.root} has per-sample shape {spec.shape}; expected "
+                          f"{what}")
+    return spec
+
+
+def resolve_data(cfg, manifest) -> DataChoice:
+    """The `data.input`/`data.target` of `cfg` checked against `manifest`, with the defaults of `data.use_imag`,
+    `data.antipodal` and `schedule.metric` resolved; a ConfigError naming the key for a dataset the data set
+    lacks, a complex input without a choice of part, antipodal off the periodic `measure` layout, or a metric
+    that does not apply to the target."""
+    d = cfg.data
+    target = _dataset(manifest, d.target, "data.target", "a real dataset (N, angles, radii or pixels)")
+    if target.dtype.kind == "c":
+        raise ConfigError(f"data.target: dataset {d.target!r} is complex; expected a real target (η)")
+    base, _, part = d.input.rpartition(".")
+    if d.input in manifest.datasets or part not in ("real", "imag") or base not in manifest.datasets:
+        base, part = d.input, None
+    spec = _dataset(manifest, base, "data.input", "a dataset (N, angles, detectors)")
+    layout = layout_of(manifest, d.target)
+    complex_input = spec.dtype.kind == "c"
+    if part == "imag" and not complex_input:
+        raise ConfigError(f"data.input: dataset {base!r} is real; it has no imaginary part")
+    if complex_input and part is None:
+        if d.use_imag is None:
+            raise ConfigError(f"data.use_imag: the input {base!r} is complex; choose false (its real part only, what "
+                              f"the port fed BCR-Net) or true (real and imaginary parts, concatenated along the "
+                              f"detector axis)")
+        use_imag = bool(d.use_imag)
+        x, imag = f"{base}.real", f"{base}.imag" if use_imag else None
+    else:
+        use_imag = bool(d.use_imag)
+        x, imag = d.input, None
+        if use_imag and base != "measure":
+            raise ConfigError(f"data.use_imag: true adds the imaginary part of a complex input (or `measure_imag` "
+                              f"to `measure`); the input {d.input!r} is real: set data.use_imag false")
+        if use_imag:
+            imag = "measure_imag"
+            if imag not in manifest.datasets:
+                raise DataError(f"{manifest.path}: data.use_imag is true but the data set has no 'measure_imag'")
+    measure_layout = base == "measure" and layout.periodic
+    if d.antipodal and not measure_layout:
+        grid = "a periodic" if layout.periodic else "an endpoint"
+        raise ConfigError(f"data.antipodal: the antipodal preprocessing applies to the `measure` layout on a "
+                          f"periodic angle grid; input {d.input!r} on {grid} grid ({layout.source}): set "
+                          f"data.antipodal false or null")
+    antipodal = measure_layout if d.antipodal is None else bool(d.antipodal)
+    metric = SELECTION_DEFAULT[layout.target_kind] if cfg.schedule.metric == "auto" else cfg.schedule.metric
+    check_metrics_for_target(metric, layout.target_kind, "schedule.metric")
+    return DataChoice(input=x, input_imag=imag, target=d.target, antipodal=antipodal, use_imag=use_imag,
+                      input_shape=network_input_shape(spec.shape, imag is not None),
+                      target_shape=tuple(int(v) for v in target.shape), layout=layout, metric=metric,
+                      reported=REPORTED_FOR[layout.target_kind])
+
+
+def build_model(cfg, choice) -> ScatteringModel:
+    """The run's model for the resolved data (`resolve_data`): BCR-Net for its input and target sizes, padded
+    per `model.pad_to`, with `model.bc_padding` resolved from the angle grid (auto: period on periodic grids,
+    zero otherwise); ConfigError for sizes BCR-Net cannot take."""
+    (ns, nd), (nt, nr) = choice.input_shape, choice.target_shape
+    bc = cfg.model.bc_padding
+    if bc == "auto":
+        bc = "period" if choice.layout.periodic else "zero"
+    try:
+        return ScatteringModel.from_config(cfg, (ns, nd), (nt, nr), antipodal=choice.antipodal,
+                                           use_imag=choice.use_imag, bc_padding=bc,
+                                           input=choice.input)
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(f"model: {exc} (data {cfg.data.path}: input {ns}×{nd}, target {nt}×{nr})") from None
+
+
+def check_before_claim(cfg) -> None:
+    """Refuse, before the run directory is claimed (so nothing is written), a data choice or a model size the
+    run cannot take: the checks `resolve_data` and `build_model` make, on every rank alike."""
+    manifest = read_manifest(cfg.data.path)
+    build_model(cfg, resolve_data(cfg, manifest))
+
 
 
 class TrainingData:
@@ -45,21 +154,15 @@ class TrainingData:
                             "val": percent and f"validation ({percent})" or d.val_split,
                             "test": percent and f"test ({percent})" or d.test_split}
         self.split_names["train_subset"] = self.split_names["train"]
-        imag = "measure_imag" if d.use_imag else None
-        if imag and imag not in self.manifest.datasets:
-            raise DataError(f"{self.manifest.path}: data.use_imag is true but the data set has no 'measure_imag'")
-        common = dict(input="measure", target="coe", input_imag=imag, antipodal=d.antipodal,
+        self.choice = resolve_data(cfg, self.manifest)
+        c = self.choice
+        common = dict(input=c.input, target=c.target, input_imag=c.input_imag, antipodal=c.antipodal,
                       normalize_target=d.normalize_output, noise=d.noise)
         self.train_spec = Preprocess(**common, noise_fixed=not d.noise_per_epoch)
         self.eval_spec = Preprocess(**common, noise_fixed=True)
         self._train_readers: dict[int, ShardedDataset] = {}
         self._eval_readers: dict[tuple, ShardedDataset] = {}
-        for name in ("measure", "coe"):
-            if name not in self.manifest.datasets or len(self.manifest.datasets[name].shape) != 2:
-                raise DataError(f"{self.manifest.path}: expected a dataset {name!r} with per-sample shape "
-                                f"(angles, offsets/radii)")
-        self.input_shape = network_input_shape(self.manifest.datasets["measure"].shape, bool(imag))
-        self.target_shape = self.manifest.datasets["coe"].shape
+        self.input_shape, self.target_shape = c.input_shape, c.target_shape
         self.target_scale = Preprocessor(self.train_spec, self.manifest).target_scale
 
     def _resolve_splits(self) -> dict[str, np.ndarray]:
@@ -159,16 +262,16 @@ class TrainingData:
             return np.zeros(nd, np.float32), np.ones(nd, np.float32), self.target_scale
         reader = ShardedDataset(self.cfg.data.path, split=self.splits["train"][:STATS_SAMPLES], shuffle=False,
                                 exact=True, batch_size=256,
-                                preprocess=Preprocess(input="measure", target=None,
-                                                      input_imag=self.train_spec.input_imag,
-                                                      antipodal=self.cfg.data.antipodal))
+                                preprocess=Preprocess(input=self.choice.input, target=None,
+                                                      input_imag=self.choice.input_imag,
+                                                      antipodal=self.choice.antipodal))
         total = np.zeros(nd)
         total_sq = np.zeros(nd)
         count = 0
         for batch in reader:
             x = batch["input"].double().numpy().reshape(-1, nd)
             if not np.isfinite(x).all():
-                raise DataError(f"{self.manifest.root}: non-finite values in 'measure' of training samples "
+                raise DataError(f"{self.manifest.root}: non-finite values in {self.choice.input!r} of training samples "
                                 f"{batch['index'][0].item()}…{batch['index'][-1].item()}")
             total += x.sum(axis=0)
             total_sq += (x * x).sum(axis=0)
