@@ -393,37 +393,38 @@ def bcrnet_weights_from_keras(by_class, levels, n_cnn, n_cnn3):
     return w
 
 
-def bcrnet(x, weights, alpha, levels):
+def bcrnet(x, weights, alpha, levels, bc_padding="period"):
     """BCR-Net forward, channels-last: x (B, Ns, Nd) → (out (B, Nt, Nr), aux (B, Nt, Nr)).
 
     `weights` as `bcrnet_weights_from_keras` (Keras layouts): compress/coarse/chains/head (kernel, bias),
     wavelets (ℓ = 1…L) and inv (ℓ = L…1) kernels without bias, refine = conv2d (kernel, bias) list.
+    `bc_padding` ('period' or 'zero'): the padding along the angle axis of every layer, refinement included.
     """
     ns = x.shape[1]
     L = levels
     m0 = ns // 2 ** L
     m = 2 * ((m0 + 1) // 2) - 1
-    b = cnnk(x, *weights["compress"], "period", None)               # (B, Ns, α)
+    b = cnnk(x, *weights["compress"], bc_padding, None)             # (B, Ns, α)
     bts = []
     for ell in range(1, L + 1):
-        bt = wavelet(b, weights["wavelets"][ell - 1], None, "period")  # (B, Ns/2^ℓ, 2α)
+        bt = wavelet(b, weights["wavelets"][ell - 1], None, bc_padding)  # (B, Ns/2^ℓ, 2α)
         bts.append(bt)
         b = bt[..., alpha:2 * alpha]
     d = b
     for kernel, bias in weights["coarse"]:
         assert kernel.shape[0] == m
-        d = cnnk(d, kernel, bias, "period", "relu")
+        d = cnnk(d, kernel, bias, bc_padding, "relu")
     for i, ell in enumerate(range(L, 0, -1)):
         d1 = bts[ell - 1]
         for kernel, bias in weights["chains"][i]:
-            d1 = cnnk(d1, kernel, bias, "period", "relu")
+            d1 = cnnk(d1, kernel, bias, bc_padding, "relu")
         d = np.concatenate([d1[..., :alpha], d1[..., alpha:2 * alpha] + d], axis=-1)
-        d = inv_wavelet(d, weights["inv"][i], None, ns // 2 ** (ell - 1), "period")
-    img = cnnk(d, *weights["head"], "period", None)                 # (B, Nt, Nr)
+        d = inv_wavelet(d, weights["inv"][i], None, ns // 2 ** (ell - 1), bc_padding)
+    img = cnnk(d, *weights["head"], bc_padding, None)               # (B, Nt, Nr)
     y = img[..., None]
     n3 = len(weights["refine"])
     for i, (kernel, bias) in enumerate(weights["refine"]):
-        y = period_pad(y, [(1, 1), (0, 0)])
+        y = bc_pad(y, [(1, 1), (0, 0)], bc_padding)
         y = zero_pad(y, [(0, 0), (1, 1)])
         y = conv_valid(y, kernel, bias)
         if i < n3 - 1:

@@ -200,21 +200,51 @@ def test_numpy_reference_reproduces_keras_bcrnet_fixture():
     np.testing.assert_allclose(ref_out, out, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("w_comp", [1, 3])
-def test_matches_numpy_reference(w_comp):
-    model = small(w_comp=w_comp, seed=8 + w_comp).double()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0, 0.2)
+def reference_weights(model):
     by_class = {}
     for cls, module in model.keras_layers():
         kernel, bias = ref.keras_weights(module)
         by_class.setdefault(cls, []).append([kernel] + ([] if bias is None else [bias]))
-    weights = ref.bcrnet_weights_from_keras(by_class, levels=3, n_cnn=2, n_cnn3=3)
+    return ref.bcrnet_weights_from_keras(by_class, levels=model.levels, n_cnn=model.n_cnn, n_cnn3=model.n_cnn3)
+
+
+@pytest.mark.parametrize("bc_padding", ["period", "zero"])
+@pytest.mark.parametrize("w_comp", [1, 3])
+def test_matches_numpy_reference(w_comp, bc_padding):
+    model = small(w_comp=w_comp, seed=8 + w_comp, bc_padding=bc_padding).double()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.2)
+    weights = reference_weights(model)
     x = np.random.default_rng(w_comp).standard_normal((3, 32, 16))
-    expected_out, expected_aux = ref.bcrnet(x, weights, alpha=3, levels=3)
+    expected_out, expected_aux = ref.bcrnet(x, weights, alpha=3, levels=3, bc_padding=bc_padding)
     with torch.no_grad():
         out, aux = model(torch.from_numpy(x), return_aux=True)
     np.testing.assert_allclose(aux.numpy(), expected_aux, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(out.numpy(), expected_out, rtol=1e-10, atol=1e-10)
+
+
+def test_zero_padded_refinement_differs_from_periodic_only_near_the_angle_ends():
+    """Same weights, other boundary: with n_cnn3 = 4 layers the zero rows reach 4 rows into each end (so the
+    reference comparison above can tell the two apart) and leave the rows between exactly as the periodic."""
+    zero = small(bc_padding="zero", n_cnn3=4, seed=3).double()
+    period = small(bc_padding="period", n_cnn3=4).double()
+    with torch.no_grad():
+        for conv in zero.refine:
+            conv.bias.normal_(0, 0.2)
+        period.load_state_dict(zero.state_dict())
+        img = torch.randn(2, 32, 8, dtype=torch.float64)
+        rz, rp = zero.refine_2d(img), period.refine_2d(img)
+    for end in (slice(0, 4), slice(-4, None)):
+        assert not torch.allclose(rz[:, end], rp[:, end])
+    torch.testing.assert_close(rz[:, 4:-4], rp[:, 4:-4], rtol=1e-12, atol=1e-12)
+
+
+def test_bc_padding_is_validated_and_kept_in_the_config():
+    with pytest.raises(ValueError, match="BCRNet: bc_padding must be 'period' or 'zero', got 'reflect'"):
+        small(bc_padding="reflect")
+    assert "bc_padding" not in small().config()                # periodic configs read as before
+    cfg = small(bc_padding="zero").config()
+    assert cfg["bc_padding"] == "zero" and BCRNet(**cfg).bc_padding == "zero"
+    assert all(m.bc_padding == "zero" for m in BCRNet(**cfg).modules() if hasattr(m, "pads"))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import bcrdist
 from bcrdist.cli import main
 from bcrdist.cli.train import add_train_arguments, original_flag_overrides
 from bcrdist.data.convert import shard_file
@@ -27,9 +28,8 @@ from generation_helpers import demo_gaussian_config
 from train_helpers import write_config
 
 FIXTURE_DATA = Path(__file__).parent / "fixtures" / "checkpoint-v1" / "data"
-# bcrdist's BCR-Net has periodic angle padding only until `bc_padding` reaches it (model.bc_padding: auto
-# would choose zero on the endpoint grid and is refused with one line until then)
-FAR_MODEL = {"alpha": 3, "n_cnn": 1, "n_cnn3": 2, "bc_padding": "period"}
+# model.bc_padding left at its default (auto): zero on the port's endpoint grid, period on a periodic one
+FAR_MODEL = {"alpha": 3, "n_cnn": 1, "n_cnn3": 2}
 
 
 def port_file(path: Path, n: int = 80, side: int = 16, seed: int = 0) -> Path:
@@ -68,6 +68,10 @@ def train_and_evaluate(data: Path, tmp_path: Path, data_keys: dict, model: dict 
     return results, json.loads((out / "metrics.json").read_text())
 
 
+def saved_net(tmp_path: Path) -> dict:
+    return torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)["model_config"]["net"]
+
+
 def test_shard_records_the_port_grid_and_old_data_sets_have_none(converted):
     grid = read_manifest(converted).grid
     assert (grid.angles, grid.target, grid.image_points, grid.image_index, grid.farfield_sign) == \
@@ -82,6 +86,7 @@ def test_converted_port_file_trains_and_evaluates_on_relative_errors(converted, 
     test = results["errors"]["test"]
     assert set(test) == {"rel_l2", "rel_l1", "psnr"} and test["rel_l2"]["count"] == 20
     assert results["selection_metric"] == "rel_l2" and results["target"] == "cartesian"
+    assert saved_net(tmp_path)["bc_padding"] == "zero"                # auto on the endpoint grid
     assert np.isclose(metrics["metrics"]["rel_l2"]["mean"], test["rel_l2"]["mean"], rtol=1e-5)
     assert (tmp_path / "eval" / "samples.png").is_file()
 
@@ -105,6 +110,7 @@ def test_generated_far_field_data_train_on_both_grids(angles, tmp_path):
     assert read_manifest(data).grid.angles == angles
     results, metrics = train_and_evaluate(data, tmp_path, {"input": "farfield", "target": "image",
                                                            "use_imag": True})
+    assert saved_net(tmp_path).get("bc_padding", "period") == {"periodic": "period", "endpoint": "zero"}[angles]
     assert results["selection_metric"] == "rel_l2" and "weighted" not in metrics["metrics"]
     assert np.isfinite(results["errors"]["test"]["rel_l2"]["mean"])
 
@@ -134,6 +140,19 @@ def test_pad_to_keeps_the_padding_out_of_the_loss_and_every_metric(converted, tm
                                                                 "use_imag": False},
                                           model={**FAR_MODEL, "pad_to": [32, 24]})
     assert np.isclose(metrics["metrics"]["rel_l2"]["mean"], results["errors"]["test"]["rel_l2"]["mean"], rtol=1e-5)
+    # bcrdist.load_model rebuilds the padded network and predicts at the data's size, as evaluate did
+    loaded = bcrdist.load_model(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert loaded.net.n_input == (32, 24) and loaded.padded and loaded.net.bc_padding == "zero"
+    with h5py.File(tmp_path / "eval" / "predictions.h5", "r") as fh:
+        index, pred_eta = fh["index"][:], fh["pred_eta"][:]
+    parts = []
+    for shard in sorted(converted.glob("shard-*.h5")):
+        with h5py.File(shard, "r") as fh:
+            parts.append(fh["farfield"][:])
+    farfield = np.concatenate(parts)
+    eta = loaded.predict_eta(farfield[index])
+    assert len(index) > 0 and eta.shape == (len(index), 16, 16)
+    np.testing.assert_allclose(eta, pred_eta, rtol=1e-5, atol=1e-6)
 
 
 def test_sizes_not_a_multiple_of_2_to_the_levels_use_fewer_levels():
@@ -156,8 +175,7 @@ def test_sizes_not_a_multiple_of_2_to_the_levels_use_fewer_levels():
 ])
 def test_bad_choices_are_one_line_and_write_nothing(converted, tmp_path, capsys, sets, message):
     run = tmp_path / "run"
-    args = ["train", "--set", f"data.path={converted}", "--set", f"run_dir={run}", "--set", "data.target=image",
-            "--set", "model.bc_padding=period"]
+    args = ["train", "--set", f"data.path={converted}", "--set", f"run_dir={run}", "--set", "data.target=image"]
     for item in sets:
         args += ["--set", item]
     assert main(args) == 2

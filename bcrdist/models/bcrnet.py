@@ -1,6 +1,6 @@
 """BCR-Net for 2D inverse scattering (Fan & Ying; the original `scatteringInv.py` recipe), channels-first.
 
-Input `measure` (B, Ns, Nd): Ns centre angles (periodic), Nd detector offsets used as channels.
+Input `measure` (B, Ns, Nd): Ns centre angles, Nd detector offsets used as channels.
 Output η on the polar grid (B, Nt, Nr), Nt = Ns angles, Nr radii. With α = alpha, L = levels,
 m = Ns // 2^L made odd (m ← 2⌊(m+1)/2⌋ − 1):
 
@@ -11,13 +11,14 @@ m = Ns // 2^L made odd (m ← 2⌊(m+1)/2⌋ − 1):
 4. ℓ = L … 1: d1 = n_cnn × CNNK1D(2α, 5, relu)(bt_ℓ); "triangle add" d = [d1[:α], d1[α:] + d];
    d = InvWaveLetC1D(2α, 3, n_out = Ns/2^(ℓ−1), no bias)(d) → (B, α, Ns/2^(ℓ−1)).
 5. Auxiliary head Img = CNNK1D(α → Nr, w_comp, linear)(d) → (B, Nt, Nr).
-6. Refinement on Img as one 2D channel: (n_cnn3 − 1) × [periodic pad 1 in angle, zero pad 1 on both sides
-   in radius, Conv2d(4, 3×3, relu)], then the same pads and Conv2d(1, 3×3, linear). Computed with the
-   same values but a cheaper schedule (`BCRNet.refine_2d`): one periodic pad of n_cnn3 rows, the radial
-   zero padding inside each convolution, activations and kernels channels-last.
+6. Refinement on Img as one 2D channel: (n_cnn3 − 1) × [pad 1 in angle (periodic or zero), zero pad 1 on
+   both sides in radius, Conv2d(4, 3×3, relu)], then the same pads and Conv2d(1, 3×3, linear). Computed with
+   the same values but a cheaper schedule (`BCRNet.refine_2d`), activations and kernels channels-last.
 7. Output = Img + refinement.
 
-All periodic boundary conditions ('period'); Glorot-uniform kernels and zero biases, as Keras.
+`bc_padding` (the original layers' argument) is the boundary condition along the angle axis of every
+CNNK1D, wavelet and refinement layer: 'period' (the original's, for a periodic angle grid) or 'zero' (for an
+open grid such as the port's −π + 2πj/(N−1)). Glorot-uniform kernels and zero biases, as Keras.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bcrdist.mnn.arguments import check_positive, glorot_uniform_
+from bcrdist.mnn.arguments import check_bc_padding, check_positive, glorot_uniform_
 from bcrdist.mnn.conv import CNNK1D
 from bcrdist.mnn.wavelet import InvWaveLetC1D, WaveLetC1D
 
@@ -70,7 +71,7 @@ class BCRNet(nn.Module):
     """BCR-Net: (B, Ns, Nd) → (B, Nt, Nr); see the module docstring for the architecture."""
 
     def __init__(self, n_input=(160, 80), n_output=(160, 80), alpha: int = 40, n_cnn: int = 6, n_cnn3: int = 5,
-                 w_comp: int = 1, levels: int | None = None):
+                 w_comp: int = 1, levels: int | None = None, bc_padding: str = "period"):
         super().__init__()
         ns, nd = n_input
         nt, nr = n_output
@@ -91,29 +92,36 @@ class BCRNet(nn.Module):
         m = 2 * ((m + 1) // 2) - 1
         if m < 1:
             raise ValueError(f"BCRNet: coarse size Ns/2^levels = {ns // 2 ** L} is too small")
+        bc = check_bc_padding(bc_padding, "BCRNet")
         self.n_input, self.n_output = (ns, nd), (nt, nr)
+        self.bc_padding = bc
         self.alpha, self.n_cnn, self.n_cnn3, self.w_comp, self.levels, self.m = alpha, n_cnn, n_cnn3, w_comp, L, m
         a = alpha
-        self.compress = CNNK1D(nd, a, w_comp)
-        self.wavelets = nn.ModuleList(WaveLetC1D(a, 2 * a, WAVELET_SUPPORT, use_bias=False) for _ in range(L))
-        self.coarse = nn.Sequential(*[CNNK1D(a, a, m, activation="relu") for _ in range(n_cnn)])
+        self.compress = CNNK1D(nd, a, w_comp, bc_padding=bc)
+        self.wavelets = nn.ModuleList(WaveLetC1D(a, 2 * a, WAVELET_SUPPORT, bc_padding=bc, use_bias=False)
+                                      for _ in range(L))
+        self.coarse = nn.Sequential(*[CNNK1D(a, a, m, activation="relu", bc_padding=bc) for _ in range(n_cnn)])
         # level_chains[i] and inv_wavelets[i] act at level ℓ = L − i (applied from coarse to fine)
         self.level_chains = nn.ModuleList(
-            nn.Sequential(*[CNNK1D(2 * a, 2 * a, BAND_WIDTH, activation="relu") for _ in range(n_cnn)])
+            nn.Sequential(*[CNNK1D(2 * a, 2 * a, BAND_WIDTH, activation="relu", bc_padding=bc)
+                            for _ in range(n_cnn)])
             for _ in range(L))
         self.inv_wavelets = nn.ModuleList(
-            InvWaveLetC1D(2 * a, 2 * a, 3, n_out=ns // 2 ** (level - 1), use_bias=False)
+            InvWaveLetC1D(2 * a, 2 * a, 3, n_out=ns // 2 ** (level - 1), bc_padding=bc, use_bias=False)
             for level in range(L, 0, -1))
-        self.head = CNNK1D(a, nr, w_comp)
+        self.head = CNNK1D(a, nr, w_comp, bc_padding=bc)
         chans = [1] + [REFINE_CHANNELS] * (n_cnn3 - 1) + [1]
         self.refine = nn.ModuleList(RefineConv2d(chans[i], chans[i + 1]) for i in range(n_cnn3))
 
     @classmethod
-    def from_config(cls, model_cfg, n_input, n_output) -> BCRNet:
+    def from_config(cls, model_cfg, n_input, n_output, bc_padding: str = "period") -> BCRNet:
         """BCR-Net of a training config's `model` section (alpha, n_cnn, n_cnn3, w_comp, levels) for inputs
-        (B, Ns, Nd) and outputs (B, Nt, Nr): the one place that turns the config into constructor arguments."""
+        (B, Ns, Nd) and outputs (B, Nt, Nr), with the resolved `model.bc_padding` ('period' or 'zero'; the
+        config's 'auto' is resolved from the data's grid by the caller): the one place that turns the config
+        into constructor arguments."""
         return cls(n_input=tuple(n_input), n_output=tuple(n_output), alpha=model_cfg.alpha, n_cnn=model_cfg.n_cnn,
-                   n_cnn3=model_cfg.n_cnn3, w_comp=model_cfg.w_comp, levels=model_cfg.levels)
+                   n_cnn3=model_cfg.n_cnn3, w_comp=model_cfg.w_comp, levels=model_cfg.levels,
+                   bc_padding=bc_padding)
 
     def forward(self, x: torch.Tensor, return_aux: bool = False):
         """x (B, Ns, Nd) → η (B, Nt, Nr); with `return_aux` also the auxiliary head (B, Nt, Nr)."""
@@ -139,23 +147,27 @@ class BCRNet(nn.Module):
     def refine_2d(self, img: torch.Tensor) -> torch.Tensor:
         """The 2D refinement (step 6) of img (B, Nt, Nr) → (B, Nt, Nr), before the residual add.
 
-        The recipe pads every layer's input by one periodic row in angle and one zero column in radius. Here
-        the angle axis is padded periodically once, by n_cnn3 rows on each side: every convolution, valid in
-        angle, consumes one row per side, and the rows it keeps are exactly the periodic extension of that
-        layer's output. The radial zero padding is the convolution's own `padding=(0, 1)`. Activations are
+        The recipe pads every layer's input by one row in angle (periodic or zero, `bc_padding`) and one zero
+        column in radius. Periodic: the angle axis is padded once, by n_cnn3 rows on each side; every
+        convolution, valid in angle, consumes one row per side, and the rows it keeps are exactly the periodic
+        extension of that layer's output. Zero: that trick does not hold (the zero rows would be convolved into
+        non-zero rows), so every convolution zero-pads its own input, `padding=(1, 1)`. The radial zero padding
+        is the convolution's own padding in both cases. Activations are
         (B, C, rows, Nr) with channels-last strides, and so are the kernels, so that oneDNN (and cuDNN) run
         their NHWC kernels: with 1–4 channels the default layout makes oneDNN pad channels to blocks of 16
         and reorder the activations around every call (5–6× slower on a 2-core AVX-512 CPU, forward + backward).
         """
         n = len(self.refine)
         nt = img.shape[1]
-        if n <= nt:
-            y = torch.cat([img[:, nt - n:], img, img[:, :n]], dim=1)
+        if self.bc_padding == "zero":
+            y, padding = img, (1, 1)
+        elif n <= nt:
+            y, padding = torch.cat([img[:, nt - n:], img, img[:, :n]], dim=1), (0, 1)
         else:  # more rows than the period: wrap as often as needed
-            y = img.index_select(1, torch.arange(-n, nt + n, device=img.device) % nt)
-        y = y.unsqueeze(-1).permute(0, 3, 1, 2)                   # (B, 1, Nt + 2n, Nr), channels-last strides
+            y, padding = img.index_select(1, torch.arange(-n, nt + n, device=img.device) % nt), (0, 1)
+        y = y.unsqueeze(-1).permute(0, 3, 1, 2)             # (B, 1, rows, Nr), channels-last strides
         for i, conv in enumerate(self.refine):
-            y = F.conv2d(y, channels_last_kernel(conv.weight), conv.bias, padding=(0, 1))
+            y = F.conv2d(y, channels_last_kernel(conv.weight), conv.bias, padding=padding)
             if i < n - 1:
                 y = F.relu_(y)  # the convolution's backward needs its input, not its output
         return y[:, 0]
@@ -169,6 +181,10 @@ class BCRNet(nn.Module):
         return [(m.keras_name, m) for m in modules]
 
     def config(self) -> dict:
-        """Constructor arguments, to rebuild the model from a checkpoint."""
-        return {"n_input": list(self.n_input), "n_output": list(self.n_output), "alpha": self.alpha,
-                "n_cnn": self.n_cnn, "n_cnn3": self.n_cnn3, "w_comp": self.w_comp, "levels": self.levels}
+        """Constructor arguments, to rebuild the model from a checkpoint; `bc_padding` only when it is not the
+        default 'period' (so the configs of periodic models read as before, and older ones load as periodic)."""
+        cfg = {"n_input": list(self.n_input), "n_output": list(self.n_output), "alpha": self.alpha,
+               "n_cnn": self.n_cnn, "n_cnn3": self.n_cnn3, "w_comp": self.w_comp, "levels": self.levels}
+        if self.bc_padding != "period":
+            cfg["bc_padding"] = self.bc_padding
+        return cfg

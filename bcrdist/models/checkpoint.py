@@ -101,10 +101,7 @@ def load_model(checkpoint, device="cpu", with_meta: bool = False):
     ck = load_checkpoint(checkpoint)
     if "model_config" not in ck or "model" not in ck:
         raise DataError(f"{checkpoint}: not a bcrdist model checkpoint (no model_config/model)")
-    mc = ck["model_config"]
-    net = dict(mc["net"])
-    net["n_input"], net["n_output"] = tuple(net["n_input"]), tuple(net["n_output"])
-    model = ScatteringModel(net, antipodal=mc["antipodal"], use_imag=mc["use_imag"])
+    model = ScatteringModel.from_extra_config(ck["model_config"])
     load_model_state(model, ck["model"])
     model.to(device).eval()
     if with_meta:

@@ -81,7 +81,7 @@ class ScatteringModel(nn.Module):
         """The model of training config `cfg` (its `model` section, `data.input`/`data.target`, and the resolved
         `antipodal`/`use_imag`, by default `data.antipodal`/`data.use_imag`) for network inputs (Ns, Nd') and
         targets (Nt, Nr), padded to `model.pad_to`; ConfigError or ValueError for sizes BCR-Net cannot take.
-        `bc_padding`: the resolved `model.bc_padding` (`period` or `zero`; needs a BCR-Net that takes it);
+        `bc_padding`: the resolved `model.bc_padding` (`period` or `zero`; default `period`);
         `input`: the resolved input field (`farfield.real` for a complex `farfield`), default `data.input`."""
         m = cfg.model
         n_input, n_output = tuple(int(v) for v in n_input), tuple(int(v) for v in n_output)
@@ -93,12 +93,8 @@ class ScatteringModel(nn.Module):
                                   f"target {n_output[0]}×{n_output[1]}); give [H, W] at least their size")
             net_in, net_out = (h, w), (h, w)
         levels = resolve_levels(net_in[0], m.levels, m.pad_to is not None)
-        extra = {} if bc_padding in (None, "period") else {"bc_padding": bc_padding}
-        try:
-            net = BCRNet.from_config(dataclasses.replace(m, levels=levels), net_in, net_out, **extra)
-        except TypeError:
-            raise ConfigError(f"model.bc_padding: {bc_padding!r} is not available in this BCR-Net (periodic "
-                              f"padding only); set model.bc_padding: period") from None
+        net = BCRNet.from_config(dataclasses.replace(m, levels=levels), net_in, net_out,
+                                 bc_padding=bc_padding or "period")
         return cls(net, antipodal=bool(cfg.data.antipodal if antipodal is None else antipodal),
                    use_imag=bool(cfg.data.use_imag if use_imag is None else use_imag),
                    input=cfg.data.input if input is None else input,

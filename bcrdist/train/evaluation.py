@@ -30,8 +30,7 @@ from bcrdist.errors import DataError
 from bcrdist.fileio import atomic_write_held, atomic_write_json, json_safe
 from bcrdist.data.grid import layout_of
 from bcrdist.metrics import REPORTED, REPORTED_FOR, SELECTION_DEFAULT, ErrorAccumulator, per_sample_error, summarize
-from bcrdist.models.checkpoint import load_checkpoint, load_model_state
-from bcrdist.models.scattering import ScatteringModel
+from bcrdist.models.checkpoint import load_model
 from bcrdist.physics.layout import GridInfo
 from bcrdist.train import plots
 from bcrdist.transforms import network_input_shape
@@ -166,25 +165,13 @@ def plot_grid(manifest, target: str, shape) -> GridInfo | None:
                     image_extent=float(shape[0] - 1), image_points="nodes")
 
 
-def load_for_evaluation(checkpoint, device):
-    """The checkpoint's model (`ScatteringModel.from_extra_config`: padded models and data names included) in
-    eval mode on `device`, and {"seed", "config"} of its run."""
-    ck = load_checkpoint(checkpoint)
-    if "model_config" not in ck or "model" not in ck:
-        raise DataError(f"{checkpoint}: not a bcrdist model checkpoint (no model_config/model)")
-    model = ScatteringModel.from_extra_config(ck["model_config"])
-    load_model_state(model, ck["model"])
-    model.to(device).eval()
-    return model, {"seed": (ck.get("config") or {}).get("seed", 0), "config": ck.get("config")}
-
-
 def evaluate_checkpoint(checkpoint, data, split="test", out=None, noise=0.0, n_plots=4, batch_size=64,
                         device="auto") -> dict:
     """Evaluate on every rank of the current launch; rank 0 writes the files. Returns the metrics.
     `n_plots` 0: no sample plot."""
     ctx = init_distributed(device)
     try:
-        model, meta = load_for_evaluation(checkpoint, ctx.device)
+        model, meta = load_model(checkpoint, ctx.device, with_meta=True)
         manifest = read_manifest(data)
         check_shapes(model, checkpoint, manifest)
         kind = layout_of(manifest, model.target).target_kind
