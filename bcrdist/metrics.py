@@ -74,6 +74,10 @@ def _counts(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.to(device=like.device).expand(like.shape).flatten(1).sum(dim=1).to(like.dtype)
 
 
+# PSNR's pixel maximum in training units: targets divided by half their range span 2 (the original's pixel_max)
+PIXEL_MAX = 2.0
+
+
 def psnr(pred: torch.Tensor, target: torch.Tensor, pixel_max: float = 2.0, mask: torch.Tensor | None = None
          ) -> torch.Tensor:
     """(B, …) × 2 → (B,) PSNR in dB; the MSE is the mean over the counted elements of each sample."""

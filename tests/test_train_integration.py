@@ -53,7 +53,7 @@ def test_single_process_run_produces_every_artefact(data, tmp_path):
     assert metrics["weighted"]["count"] == 60
     assert abs(metrics["weighted"]["mean"] - results["errors"]["test"]["weighted"]["mean"]) < 1e-6
     # one summary layout: the worst PSNR is `min` in results.json and in metrics.json alike
-    assert set(results["errors"]["test"]["psnr"]) == set(metrics["psnr"]) == {"mean", "std", "min", "count"}
+    assert set(results["errors"]["test"]["psnr"]) == set(metrics["psnr"]) == {"mean", "std", "min", "count", "pixel_max"}
     for key in ("mean", "min"):
         assert abs(metrics["psnr"][key] - results["errors"]["test"]["psnr"][key]) < 1e-4
     for name in ("samples.png", "error_histogram.png", "training_curves.png", "predictions.h5"):

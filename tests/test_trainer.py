@@ -96,8 +96,8 @@ def test_results_report_psnr_with_min(stopped_run):
     results = json.loads((Path(load_config(stopped_run, TrainConfig).run_dir) / "results.json").read_text())
     for split in ("val", "test"):
         psnr = results["errors"][split]["psnr"]
-        assert set(psnr) == {"mean", "std", "min", "count"}
-        assert psnr["min"] <= psnr["mean"]
+        assert set(psnr) == {"mean", "std", "min", "count", "pixel_max"}
+        assert psnr["min"] <= psnr["mean"] and psnr["pixel_max"] == 2.0
 
 
 # ------------------------------------------------------------------ issue 12 case 4/5: nothing non-finite passes

@@ -28,13 +28,12 @@ import numpy as np
 from bcrdist.data.dataset import ShardedDataset
 from bcrdist.data.format import read_manifest
 from bcrdist.errors import ConfigError, DataError
-from bcrdist.metrics import REPORTED_FOR, SELECTION_DEFAULT, sample_statistics, summarize
+from bcrdist.metrics import PIXEL_MAX, REPORTED_FOR, SELECTION_DEFAULT, sample_statistics, summarize
 from bcrdist.physics.born import (BornInversion, CartesianBornInversion, born_fit, detect_sign, noisy_far_field,
                                   sample_errors)
 from bcrdist.data.grid import TARGET_DATASET, grid_from_manifest, same_operator
 from bcrdist.transforms import output_scale
 
-PIXEL_MAX = 2.0          # PSNR in the training units (targets / output scale: range 2)
 FIT_SAMPLES = 64         # validation samples of the Born fit
 
 

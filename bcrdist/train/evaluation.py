@@ -29,7 +29,8 @@ from bcrdist.distributed import init_distributed, shutdown_distributed
 from bcrdist.errors import DataError
 from bcrdist.fileio import atomic_write_held, atomic_write_json, json_safe
 from bcrdist.data.grid import layout_of
-from bcrdist.metrics import REPORTED, REPORTED_FOR, SELECTION_DEFAULT, ErrorAccumulator, per_sample_error, summarize
+from bcrdist.metrics import (PIXEL_MAX, REPORTED, REPORTED_FOR, SELECTION_DEFAULT, ErrorAccumulator, per_sample_error,
+                             summarize)
 from bcrdist.models.checkpoint import load_model
 from bcrdist.physics.layout import GridInfo
 from bcrdist.train import plots
@@ -204,7 +205,7 @@ def evaluate_checkpoint(checkpoint, data, split="test", out=None, noise=0.0, n_p
 
         stats = evaluate_model(model, batches(), ctx, metrics=reported, on_batch=keep_first)
         check_finite(stats, nonfinite, ctx, f"{data}: split {split!r}")
-        metrics = summarize(stats["out"])
+        metrics = summarize(stats["out"], pixel_max=PIXEL_MAX)
         if ctx.is_main:
             out.mkdir(parents=True, exist_ok=True)
             result = {"checkpoint": str(checkpoint), "data": str(data), "split": str(split), "noise": noise,

@@ -39,7 +39,7 @@ from bcrdist.config import to_dict
 from bcrdist.distributed import DistContext, init_distributed, shutdown_distributed
 from bcrdist.errors import BcrdistError, ConfigError, DataError
 from bcrdist.fileio import atomic_write_bytes, atomic_write_json, json_safe
-from bcrdist.metrics import summarize
+from bcrdist.metrics import PIXEL_MAX, summarize
 from bcrdist.models.checkpoint import load_checkpoint, load_model_state, remove_stale_temporaries, save_model
 from bcrdist.train.best_model import BestModelTracker
 from bcrdist.train.config import TrainConfig
@@ -477,7 +477,7 @@ class Trainer:
                           f"(schedule.keras_compat): the final model is the initial one, as in Keras, and no "
                           f"best.pt was written")
         errors = {split: summarize(self.measure(split, self.data.choice.reported, ("out",), "of the best model",
-                                                limit=None)["out"])
+                                                limit=None)["out"], pixel_max=PIXEL_MAX)
                   for split in ("val", "test") if self.data.has_split(split)}
         results = {
             "run_dir": str(self.run_dir), "data": self.cfg.data.path, "parameters": self.n_params,
