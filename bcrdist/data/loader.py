@@ -139,9 +139,14 @@ class ShardedLoader:
         except DataError as exc:
             raise DataError(worker_message(exc)) from None
         finally:
-            # stop the prefetch thread now; a DataLoader iterator shuts its workers down when released
+            # stop the prefetch thread, and the DataLoader's workers, now: after an error the traceback keeps
+            # the iterator alive, and the workers ignore SIGTERM (see ignore_job_signals), so multiprocessing's
+            # exit handler, which terminates and then joins them, would wait for them forever
             if hasattr(batches, "close"):
                 batches.close()
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
             del batches
 
     def state_dict(self) -> dict:
