@@ -10,23 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import bcrdist
 from bcrdist.config import load_config
 from bcrdist.models.checkpoint import load_checkpoint, load_model
 from bcrdist.train.config import TrainConfig
 from bcrdist.train.state import TRAINING_FORMAT, upgrade_training_state
-from bcrdist.distributed.launch_env import LaunchEnv
-from bcrdist.distributed.process_group import DistContext
 from bcrdist.train.trainer import Trainer
+from train_helpers import one_process
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "checkpoint-v1"
 
-
-def one_process() -> DistContext:
-    """The context of a single CPU process (what `init_distributed` returns without a launcher)."""
-    return DistContext(LaunchEnv("single", 0, 1, 0), torch.device("cpu"))
 
 
 def test_fixture_is_the_old_format():

@@ -12,6 +12,7 @@ from bcrdist.distributed.launch_env import LaunchEnv
 from bcrdist.distributed.process_group import DistContext
 from bcrdist.errors import DataError
 from bcrdist.train.evaluation import NonFiniteSamples, check_finite, evaluate_model, sample_list
+from train_helpers import one_process
 
 
 class TwoHeads(nn.Module):
@@ -61,9 +62,6 @@ def test_evaluate_model_matches_numpy_for_both_heads_and_restores_the_mode():
     only_out = evaluate_model(model, iter(batches), ctx, ("weighted",))
     assert set(only_out) == {"out"} and only_out["out"]["weighted"] == stats["out"]["weighted"]
 
-
-def one_process() -> DistContext:
-    return DistContext(LaunchEnv("single", 0, 1, 0, "127.0.0.1", 0), torch.device("cpu"))
 
 
 def nan_batches():

@@ -10,8 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from bcrdist.distributed.launch_env import LaunchEnv
-from bcrdist.distributed.process_group import DistContext
 from bcrdist.errors import DataError
 from bcrdist.models.checkpoint import MODEL_FORMAT, load_checkpoint
 from bcrdist.train.best_model import BestModelTracker
@@ -19,10 +17,8 @@ from bcrdist.train.config import TrainConfig
 from bcrdist.train.optim import make_optimizer
 from bcrdist.train.state import (TRAINING_FORMAT, V1_FORMAT, BestWeights, Checkpointer, ModelWeights,
                                  OptimizerHolder, ProgressCounters, RandomState, upgrade_training_state)
+from train_helpers import one_process
 
-
-def one_process() -> DistContext:
-    return DistContext(LaunchEnv("single", 0, 1, 0, "127.0.0.1", 0), torch.device("cpu"))
 
 
 def tiny_model(seed: int = 0) -> nn.Module:

@@ -13,20 +13,15 @@ import pytest
 import torch
 
 from bcrdist.config import load_config
-from bcrdist.distributed.launch_env import LaunchEnv
-from bcrdist.distributed.process_group import DistContext
 from bcrdist.errors import DataError
 from bcrdist.models.checkpoint import load_checkpoint
 from bcrdist.train.config import TrainConfig
 from bcrdist.train.trainer import Trainer, TrainingDiverged
-from train_helpers import make_dataset, write_config
+from train_helpers import make_dataset, one_process, write_config
 
 SHORT = {"max_steps": 7, "pretrain_stages": [[1, 1.0]], "finetune": False, "patience": 10,
          "rel_threshold": 1e-3}
 
-
-def one_process() -> DistContext:
-    return DistContext(LaunchEnv("single", 0, 1, 0), torch.device("cpu"))
 
 
 def trainer(path: Path, *overrides: str) -> Trainer:

@@ -8,9 +8,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 from bcrdist.data.format import write_manifest, write_shard
+from bcrdist.distributed.launch_env import LaunchEnv
+from bcrdist.distributed.process_group import DistContext
 from bcrdist.data.splits import write_splits
 from bcrdist.data.stats import store_statistics
 from bcrdist.models.checkpoint import load_checkpoint
@@ -95,3 +98,8 @@ def bcrdist(*args: str, **kwargs) -> subprocess.CompletedProcess:
 def torchrun(nproc: int, *args: str, **kwargs) -> subprocess.CompletedProcess:
     return run([str(BIN / "torchrun"), "--standalone", f"--nproc-per-node={nproc}", "-m", "bcrdist", *args],
                **kwargs)
+
+
+def one_process() -> DistContext:
+    """The context of a single CPU process (what `init_distributed` returns without a launcher)."""
+    return DistContext(LaunchEnv("single", 0, 1, 0), torch.device("cpu"))
