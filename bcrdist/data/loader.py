@@ -68,23 +68,22 @@ class _Prefetcher:
             for batch in iterator:
                 if pin:
                     batch = {k: v.pin_memory() for k, v in batch.items()}
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
+                if not self._put(batch):
                     return
             item = self._DONE
         except BaseException as exc:
             item = exc
+        self._put(item)
+
+    def _put(self, item) -> bool:
+        """Queue `item`, waiting while the queue is full; False once the consumer has stopped us."""
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.1)
-                return
+                return True
             except queue.Full:
                 continue
+        return False
 
     def __iter__(self) -> Iterator[dict]:
         try:
