@@ -18,7 +18,8 @@ TINY = {
 }
 DATASETS = {"measure": ((8, 4), "float32"), "measure_imag": ((8, 4), "float32"), "coe": ((8, 4), "float32"),
             "eta": ((16, 16), "float32"), "farfield": ((8, 8), "complex64"), "family": ((), "int32"),
-            "num_primitives": ((), "int32"), "primitives": ((3, 7), "float64"), "iterations": ((), "int32")}
+            "num_primitives": ((), "int32"), "primitives": ((3, 7), "float64"), "iterations": ((), "int32"),
+            "residual": ((), "float32")}
 
 K = 4 * np.pi          # the demo tier: n = 32, k = 4π, Na = 32, Nr = 16, polar radius 0.5
 NA, NR, RADIUS = 32, 16, 0.5

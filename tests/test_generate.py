@@ -81,3 +81,19 @@ def test_mpi_two_ranks_write_byte_identical_data(tmp_path, monkeypatch):
     assert m1 == m2  # same shard checksums, same provenance
     for shard in m1["shards"]:
         assert (tmp_path / "p1" / shard["file"]).read_bytes() == (tmp_path / "p2" / shard["file"]).read_bytes()
+
+
+def test_generate_reports_solves_and_refuses_a_sample_that_does_not_converge(tmp_path, capsys):
+    cfg_path = write_config(tmp_path / "tiny.yaml", TINY)
+    summary = generate(load_config(cfg_path, GenerationConfig), tmp_path / "ok", progress=False)
+    data = read_dataset(tmp_path / "ok")
+    assert summary["max_iterations"] == int(data["iterations"].max()) > 0
+    assert summary["max_residual"] == pytest.approx(float(data["residual"].max()), rel=1e-6)
+    assert 0 < summary["max_residual"] <= 1.1e-8   # solver.tol, to the accuracy of GMRES's estimate
+    # GMRES out of iterations: exit 2 with one line naming the sample; no shard or manifest is written
+    out = tmp_path / "stuck"
+    assert cli_main(["generate", "--config", str(cfg_path), "--out", str(out), "--quiet",
+                     "--set", "solver.max_iterations=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("bcrdist generate: error: sample 0: GMRES did not converge"), err
+    assert not list(out.glob("shard-*.h5")) and not (out / "manifest.json").exists()

@@ -5,6 +5,7 @@ config options and the config hash of existing data sets."""
 import hashlib
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,7 +51,8 @@ def test_farfield_layout_arrays(angles, na):
     cfg = load_config(None, GenerationConfig, FARFIELD + [f"angles={angles}", f"Na={na}"])
     maker = SampleMaker(cfg)
     a = maker(3)
-    assert set(a) == {"farfield", "image", "eta", "family", "num_primitives", "primitives", "iterations"}
+    assert set(a) == {"farfield", "image", "eta", "family", "num_primitives", "primitives", "iterations", "residual"}
+    assert 0 < a["residual"] <= 1.1 * cfg.solver.tol and a["residual"].dtype == np.float32
     assert a["farfield"].shape == (na, na) and a["farfield"].dtype == np.complex64
     assert a["image"].dtype == np.float32 and np.array_equal(a["image"], a["eta"])  # image_size 0: the solver's raster
     # F[obs, src] on the configured grid: the solver's far field (n_inc, n_rec), transposed
@@ -87,19 +89,48 @@ def test_layout_options_refused_where_they_do_not_apply(override, message):
     load_config(None, GenerationConfig, ["layout=farfield", "Na=30"])   # Na need not be a multiple of 4 here
 
 
-def _hash_without(cfg, keys) -> str:
-    """The config hash as it was computed before `keys` existed."""
+def _hash_without(cfg, keys, family_keys=()) -> str:
+    """The config hash as it was computed before `keys` (and `family_keys` of the family section) existed."""
     data = {key: value for key, value in to_dict(cfg).items() if key not in keys}
+    data["family"] = {key: value for key, value in data["family"].items() if key not in family_keys}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def test_hash_of_existing_configs_is_unchanged_and_new_keys_count():
     new_keys = {"layout", "angles", "image_size"}
+    new_family_keys = {"mixture", "absorption", "discs", "squares", "u_shapes", "rings"}
     for overrides in ([], ["n=16", "Na=8", "seed=3"], ["family.name=shapes"]):
         cfg = load_config(None, GenerationConfig, overrides)
-        assert cfg.sha256() == _hash_without(cfg, new_keys)
+        assert cfg.sha256() == _hash_without(cfg, new_keys, new_family_keys)
     base = load_config(None, GenerationConfig, ["layout=farfield"])
     hashes = {base.sha256(), load_config(None, GenerationConfig).sha256()}
     for extra in (["angles=endpoint"], ["image_size=48"], ["Na=100"]):
         hashes.add(load_config(None, GenerationConfig, ["layout=farfield", *extra]).sha256())
+    assert len(hashes) == 5
+
+
+# sha256 of every data config as computed before the study families, mixtures and absorption existed (git
+# d517a2b): data sets made with them must keep resuming
+EXISTING_CONFIG_HASHES = {
+    "default.yaml": "a48d3c23633a0f2313b6d2d2d57f4417072c951b192bd1162a34c5cb220f6a53",
+    "default_shapes.yaml": "b00b6a5326fcf7ae96fad99226339bc2a40d0ec23ed2276e792559550876c2fc",
+    "default_shepp.yaml": "934b3adc9a514f4c1efb3fa8960447a976889a3f792afd848f0566f3a4faa266",
+    "demo.yaml": "5a9f8b4e3a29c68abcf01b439fa8dbdd95524d95ddbbad4883e7115f0d0e3cfa",
+    "demo_farfield.yaml": "66da4ef0cb1635fb3c56354fc29556e6feece9aee71a16fc2f6fb7fd807b126a",
+    "demo_shapes.yaml": "c17b3e6f7871110b610cff746d6ec7f68216f2fe1742f644eb14a5382561de9d",
+    "demo_shepp.yaml": "8f9909fcf3ffe1de645813c6bcf9335b0bb922c632d115dee82ffd0b0a24e647",
+    "fan_ying.yaml": "fcd1f60087d38a6234d8f3a35b3ca6d253bde937b4a869834f4aa62265001c29",
+}
+
+
+def test_hash_of_existing_data_configs_is_unchanged_by_the_family_keys():
+    data = Path(__file__).resolve().parents[1] / "configs" / "data"
+    for name, sha in EXISTING_CONFIG_HASHES.items():
+        assert load_config(data / name, GenerationConfig).sha256() == sha, name
+    assert load_config(None, GenerationConfig).sha256() == \
+        "bf02c5e03348edecc1eabacd89a7141622911079e7a13c82513a6edf0266ea0d"
+    # the new keys count once they leave their defaults
+    hashes = {load_config(None, GenerationConfig, extra).sha256() for extra in (
+        [], ["family.absorption=[0.0, 1.0]"], ["family.discs.gap=0.02"], ["family.rings.bands=[2, 4]"],
+        ["family.name=mixture", "family.mixture={gaussian: 1, discs: 1}"])}
     assert len(hashes) == 5

@@ -34,6 +34,7 @@ def run_generate(args: argparse.Namespace) -> int:
         rate = summary["seconds"] / max(1, summary["written"])
         print(f"bcrdist generate: {summary['samples']} samples in {summary['shards']} shards at {args.out} "
               f"({summary['written']} computed now, the rest already complete; {summary['seconds']:.1f} s on "
-              f"{summary['ranks']} rank(s), {rate:.3f} s per computed sample)", file=sys.stderr)
+              f"{summary['ranks']} rank(s), {rate:.3f} s per computed sample; GMRES at most {summary['max_iterations']} iterations, largest "
+              f"relative residual {summary['max_residual']:.1e})", file=sys.stderr)
     return 0
 

@@ -63,11 +63,12 @@ def check_output(out_dir: pathlib.Path, config_sha: str) -> None:
 
 
 def _write_shards(cfg: GenerationConfig, out_dir: pathlib.Path, shards: list[int], attrs: dict,
-                  bar: Progress) -> tuple[list[dict], int]:
-    """Write (or keep, when complete) the given shards; returns (shard infos, samples written)."""
+                  bar: Progress) -> tuple[list[dict], int, dict]:
+    """Write (or keep, when complete) the given shards; returns (shard infos, samples written, the most GMRES
+    iterations and the largest relative residual of the samples written: {"iterations", "residual"})."""
     ranges = _shard_ranges(cfg)
     maker = SampleMaker(cfg)
-    infos, written = [], 0
+    infos, written, solves = [], 0, {"iterations": 0, "residual": 0.0}
     for s in shards:
         first, count = ranges[s]
         info = existing_shard(out_dir, s, first, count)
@@ -77,13 +78,15 @@ def _write_shards(cfg: GenerationConfig, out_dir: pathlib.Path, shards: list[int
                 samples.append(maker(index))
                 bar.update()
             arrays = {key: np.stack([smp[key] for smp in samples]) for key in samples[0]}
+            solves["iterations"] = max(solves["iterations"], int(arrays["iterations"].max()))
+            solves["residual"] = max(solves["residual"], float(arrays["residual"].max()))
             info = write_shard(out_dir, s, first, arrays, attrs)
             written += count
             bar.update(0, force=True)
         else:
             bar.update(count, force=True, skipped=True)
         infos.append(info)
-    return infos, written
+    return infos, written, solves
 
 
 def generate(cfg: GenerationConfig, out_dir, *, threads: int = 1, progress: bool = True) -> dict:
@@ -93,8 +96,9 @@ def generate(cfg: GenerationConfig, out_dir, *, threads: int = 1, progress: bool
     per core): an iteration's work is a few milliseconds, and on a busy node spinning thread pools cost more
     than they give (13× slower measured on a shared 2-core machine), while ranks scale without contention.
 
-    Returns {"samples", "shards", "written", "seconds", "ranks"} ("written": samples computed by this run,
-    all ranks; the others were in complete shards already). Raises DataError for a directory made with other
+    Returns {"samples", "shards", "written", "seconds", "ranks", "max_iterations", "max_residual"} ("written":
+    samples computed by this run, all ranks; the others were in complete shards already; the most GMRES
+    iterations and the largest relative residual are those of the samples computed by this run, 0 if none). Raises DataError for a directory made with other
     settings and ConvergenceError (naming the sample) when GMRES fails; under MPI every rank raises.
     """
     comm = world()
@@ -122,9 +126,9 @@ def generate(cfg: GenerationConfig, out_dir, *, threads: int = 1, progress: bool
                    every_s=30.0)
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    infos, written, error = [], 0, None
+    infos, written, solves, error = [], 0, {"iterations": 0, "residual": 0.0}, None
     try:
-        infos, written = _write_shards(cfg, out_dir, mine, attrs, bar)
+        infos, written, solves = _write_shards(cfg, out_dir, mine, attrs, bar)
     except OSError as exc:
         error = DataError(f"{out_dir}: {os_message(exc)}")
     except Exception as exc:  # noqa: BLE001
@@ -136,6 +140,7 @@ def generate(cfg: GenerationConfig, out_dir, *, threads: int = 1, progress: bool
 
     all_infos = [i for part in comm.allgather(infos) for i in part]
     total_written = sum(comm.allgather(written))
+    all_solves = comm.allgather(solves)
     if rank == 0:
         try:
             grid = grid_info_from_config(cfg)
@@ -150,4 +155,6 @@ def generate(cfg: GenerationConfig, out_dir, *, threads: int = 1, progress: bool
     gather_or_raise(comm, None, error)
     comm.barrier()
     return {"samples": cfg.samples, "shards": len(ranges), "written": total_written,
-            "seconds": time.monotonic() - start, "ranks": size}
+            "seconds": time.monotonic() - start, "ranks": size,
+            "max_iterations": max(part["iterations"] for part in all_solves),
+            "max_residual": max(part["residual"] for part in all_solves)}

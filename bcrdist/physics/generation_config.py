@@ -9,7 +9,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from bcrdist.config import check_ranges, section, setting, to_dict
 from bcrdist.errors import ConfigError
@@ -74,31 +74,155 @@ class SheppLoganFamily:
 
 
 @dataclass
-class FamilyConfig:
-    """Which family, its parameters, the support radius (fraction of box) and the raster supersampling."""
+class DiscsFamily:
+    """Non-overlapping discs (the study's training family); radii are fractions of the box."""
 
-    name: Literal["gaussian", "shapes", "shepp_logan"] = setting("gaussian", help="the family every sample is "
-                                                                 "drawn from (its section below)")
+    count: tuple[int, int] = setting((1, 3), help="[min, max] number of discs (a crowded draw may place fewer: "
+                                     "50 tries per disc)", low=1)
+    contrast: tuple[float, float] = setting((0.1, 0.8), help="[min, max] η inside a disc (drawn per disc; the "
+                                            "study's refractive index n = 1 + η ∈ [1.1, 1.8])", low=0)
+    radius: tuple[float, float] = setting((0.05, 0.15), help="[min, max] disc radius, a fraction of the box (the "
+                                          "study's 0.1–0.3 on [−1, 1]²)", low=0, low_open=True)
+    gap: float = setting(0.01, help="least distance between two discs, a fraction of the box", low=0)
+
+    def validate(self) -> None:
+        check_ranges(self, "family.discs")
+        for key in ("count", "contrast", "radius"):
+            _check_order(f"family.discs.{key}", getattr(self, key))
+
+
+@dataclass
+class SquaresFamily:
+    """Non-overlapping, randomly rotated squares; sides are fractions of the box."""
+
+    count: tuple[int, int] = setting((1, 3), help="[min, max] number of squares (a crowded draw may place fewer: "
+                                     "50 tries per square)", low=1)
+    contrast: tuple[float, float] = setting((0.1, 0.4), help="[min, max] η inside a square (drawn per square)",
+                                            low=0)
+    side: tuple[float, float] = setting((0.1, 0.2), help="[min, max] side, a fraction of the box (circumradius "
+                                        "side/√2)", low=0, low_open=True)
+    gap: float = setting(0.01, help="least distance between the circumscribed disks of two squares, a fraction "
+                         "of the box", low=0)
+
+    def validate(self) -> None:
+        check_ranges(self, "family.squares")
+        for key in ("count", "contrast", "side"):
+            _check_order(f"family.squares.{key}", getattr(self, key))
+
+
+@dataclass
+class UShapesFamily:
+    """Non-overlapping, randomly rotated U-shapes: a square with a rectangular notch cut from one edge."""
+
+    count: tuple[int, int] = setting((1, 2), help="[min, max] number of U-shapes (a crowded draw may place fewer: "
+                                     "50 tries per shape)", low=1)
+    contrast: tuple[float, float] = setting((0.1, 0.4), help="[min, max] η inside a U (drawn per shape)", low=0)
+    side: tuple[float, float] = setting((0.15, 0.3), help="[min, max] side of the square, a fraction of the box "
+                                        "(circumradius side/√2)", low=0, low_open=True)
+    notch_width: tuple[float, float] = setting((0.3, 0.5), help="[min, max] width of the notch, a fraction of "
+                                               "the side", low=0, high=1, low_open=True, high_open=True)
+    notch_depth: tuple[float, float] = setting((0.4, 0.7), help="[min, max] depth of the notch, a fraction of "
+                                               "the side", low=0, high=1, low_open=True, high_open=True)
+    gap: float = setting(0.01, help="least distance between the circumscribed disks of two U-shapes, a fraction "
+                         "of the box", low=0)
+
+    def validate(self) -> None:
+        check_ranges(self, "family.u_shapes")
+        for key in ("count", "contrast", "side", "notch_width", "notch_depth"):
+            _check_order(f"family.u_shapes.{key}", getattr(self, key))
+
+
+@dataclass
+class RingsFamily:
+    """Non-overlapping bullseyes: concentric bands of equal width, η drawn and 0 alternating from the outside."""
+
+    count: tuple[int, int] = setting((1, 2), help="[min, max] number of bullseyes (a crowded draw may place "
+                                     "fewer: 50 tries per bullseye)", low=1)
+    contrast: tuple[float, float] = setting((0.1, 0.4), help="[min, max] η of a non-empty band (drawn per band)",
+                                            low=0)
+    radius: tuple[float, float] = setting((0.1, 0.2), help="[min, max] outer radius, a fraction of the box",
+                                          low=0, low_open=True)
+    bands: tuple[int, int] = setting((2, 3), help="[min, max] bands of a bullseye, each radius/bands wide, η and "
+                                     "0 alternating from the outside: 2 a ring, 3 a ring around a disc", low=2)
+    gap: float = setting(0.01, help="least distance between two bullseyes, a fraction of the box", low=0)
+
+    def validate(self) -> None:
+        check_ranges(self, "family.rings")
+        for key in ("count", "contrast", "radius", "bands"):
+            _check_order(f"family.rings.{key}", getattr(self, key))
+
+
+FAMILY_NAMES = ("gaussian", "shapes", "shepp_logan", "discs", "squares", "u_shapes", "rings")
+
+
+@dataclass
+class FamilyConfig:
+    """Which family, its parameters, the support radius (fraction of box), the raster supersampling and the
+    absorption levels."""
+
+    name: Literal["gaussian", "shapes", "shepp_logan", "discs", "squares", "u_shapes", "rings", "mixture"] = \
+        setting("gaussian", help="the family every sample is drawn from (its section below), or `mixture`: each "
+                "sample draws one by the weights of `family.mixture`")
     support_radius: float = setting(0.45, help="η = 0 outside the disk |x| ≤ support_radius·box", low=0,
                                     high=0.5, low_open=True)
     supersample: int = setting(8, help="piecewise-constant families are rasterised by cell averages over "
                                "supersample² points (area-fraction anti-aliasing)", low=1)
+    # values are checked in validate(): the loader's ranges apply to numbers and lists, not to a mapping's values
+    mixture: dict[str, Any] = setting(default_factory=dict, help="name `mixture`: family name → weight ≥ 0; "
+                                        "sample i draws its family with probability weight/Σ weights, seeded by "
+                                        "(seed, i)")
+    absorption: tuple[float, ...] = setting((0.0,), help="loss tangents α: each sample draws one uniformly "
+                                            "(seeded by (seed, i)); the solver's contrast is η·(1 + iα), "
+                                            "Im η = α·Re η (docs/physics.md, Absorption)", low=0)
     gaussian: GaussianFamily = section(GaussianFamily, help="`gaussian`: sums of Gaussian bumps "
                                        "a·e^{−|x−c|²/(2σ²)}, rasterised by point values")
     shapes: ShapesFamily = section(ShapesFamily, help="`shapes`: non-overlapping ellipses and star-shaped polygons "
                                    "(placed by rejection sampling with a gap)")
     shepp_logan: SheppLoganFamily = section(SheppLoganFamily, help="`shepp_logan`: a jittered, randomly rotated "
                                             "Shepp–Logan-like phantom scaled to the support disk, clipped at 0")
+    discs: DiscsFamily = section(DiscsFamily, help="`discs`: non-overlapping discs, η drawn per disc (placed by "
+                                 "rejection sampling with a gap)")
+    squares: SquaresFamily = section(SquaresFamily, help="`squares`: non-overlapping, randomly rotated squares")
+    u_shapes: UShapesFamily = section(UShapesFamily, help="`u_shapes`: non-overlapping, randomly rotated U-shapes "
+                                      "(a square less a rectangular notch)")
+    rings: RingsFamily = section(RingsFamily, help="`rings`: non-overlapping bullseyes of concentric bands, η and "
+                                 "0 alternating")
+
+    def members(self) -> tuple[str, ...]:
+        """The families samples are drawn from: `name`, or the mixture's members of positive weight."""
+        if self.name != "mixture":
+            return (self.name,)
+        return tuple(name for name, weight in self.mixture.items() if weight > 0)
 
     def validate(self) -> None:
         check_ranges(self, "family")
+        if not self.absorption:
+            raise ConfigError("family.absorption: expected a non-empty list of loss tangents α ≥ 0 (default [0.0])")
+        for name, weight in self.mixture.items():
+            if name not in FAMILY_NAMES:
+                raise ConfigError(f"family.mixture: unknown family {name!r} (expected some of "
+                                  f"{', '.join(FAMILY_NAMES)})")
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
+                    or weight < 0:
+                raise ConfigError(f"family.mixture.{name}: weight must be a finite number ≥ 0, got {weight!r}")
+        if self.name == "mixture" and not self.members():
+            raise ConfigError("family.mixture: name `mixture` needs at least one family of positive weight, e.g. "
+                              "{gaussian: 1, discs: 1}")
+        if self.name != "mixture" and self.mixture:
+            raise ConfigError(f"family.mixture: applies to family.name: mixture only (name is {self.name!r})")
+        members = self.members()
         g = self.gaussian
-        if g.tail_sigmas * g.width[1] >= self.support_radius:
+        if "gaussian" in members and g.tail_sigmas * g.width[1] >= self.support_radius:
             raise ConfigError(f"family.gaussian.width: tail_sigmas·width ({g.tail_sigmas}·{g.width[1]}) must stay "
                               f"below family.support_radius {self.support_radius}")
-        if self.shapes.size[1] >= self.support_radius:
-            raise ConfigError(f"family.shapes.size: {self.shapes.size[1]} must stay below family.support_radius "
-                              f"{self.support_radius}")
+        circumradii = {"shapes": ("size", self.shapes.size[1]), "discs": ("radius", self.discs.radius[1]),
+                       "squares": ("side", self.squares.side[1] / math.sqrt(2.0)),
+                       "u_shapes": ("side", self.u_shapes.side[1] / math.sqrt(2.0)),
+                       "rings": ("radius", self.rings.radius[1])}
+        for family, (key, radius) in circumradii.items():
+            if (family in members or family == "shapes") and radius >= self.support_radius:
+                raise ConfigError(f"family.{family}.{key}: the largest shape (circumradius {radius:.4g}) must stay "
+                                  f"inside family.support_radius {self.support_radius}")
 
 
 @dataclass
@@ -114,6 +238,10 @@ class SolverConfig:
 
 # top-level key → the default that reproduces the data of the configs written before the key existed
 KEYS_ADDED_LATER = {"layout": "fan", "angles": "periodic", "image_size": 0}
+# the same for the keys of `family`
+FAMILY_KEYS_ADDED_LATER = {"mixture": {}, "absorption": [0.0], "discs": to_dict(DiscsFamily()),
+                           "squares": to_dict(SquaresFamily()), "u_shapes": to_dict(UShapesFamily()),
+                           "rings": to_dict(RingsFamily())}
 
 
 @dataclass
@@ -163,16 +291,25 @@ class GenerationConfig:
             raise ConfigError("image_size: must be 0 (the solver's n) or ≥ 2, got 1")
 
     @property
+    def absorbing(self) -> bool:
+        """Some sample may have α > 0: `eta` is stored complex and `absorption` is stored."""
+        return any(alpha > 0 for alpha in self.family.absorption)
+
+    @property
     def k(self) -> float:
         return self.k_over_pi * math.pi
 
     def sha256(self) -> str:
         """Hash of the settings that determine the data: canonical JSON of the whole config, without the keys
-        added after data sets were made while they hold their defaults (`KEYS_ADDED_LATER`), so that those
+        added after data sets were made while they hold their defaults (`KEYS_ADDED_LATER`,
+        `FAMILY_KEYS_ADDED_LATER`), so that those
         data sets keep the hash they were made with and still resume."""
         data = to_dict(self)
         for key, default in KEYS_ADDED_LATER.items():
             if data[key] == default:
                 del data[key]
+        for key, default in FAMILY_KEYS_ADDED_LATER.items():
+            if data["family"][key] == default:
+                del data["family"][key]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 

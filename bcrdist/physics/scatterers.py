@@ -10,6 +10,10 @@ Families:
 - "shapes" (piecewise constant): random non-overlapping ellipses and star-shaped polygons.
 - "shepp_logan" (piecewise constant): a jittered, randomly rotated Shepp–Logan-like head phantom scaled to
   the support disk, clipped at 0.
+- "discs", "squares", "u_shapes", "rings" (piecewise constant): the study families of
+  `bcrdist.physics.families`.
+An absorbing scatterer has the contrast η(x)·(1 + iα) (`Scatterer.absorption` = α, the loss tangent):
+`__call__`, `raster` and `polar` give the real part η(x), `contrast_raster` the complex contrast.
 Smooth families are rasterised by point values at the cell centres (what a spectrally accurate quadrature
 needs); piecewise-constant ones by cell averages over s×s sub-cell points (area-fraction anti-aliasing).
 """
@@ -24,7 +28,7 @@ import numpy as np
 from bcrdist.physics.layout import polar_grid
 from bcrdist.physics.solver import grid_coordinates
 
-FAMILY_IDS = {"gaussian": 0, "shapes": 1, "shepp_logan": 2}
+FAMILY_IDS = {"gaussian": 0, "shapes": 1, "shepp_logan": 2, "discs": 3, "squares": 4, "u_shapes": 5, "rings": 6}
 KIND_GAUSSIAN, KIND_ELLIPSE, KIND_POLYGON = 1, 2, 3
 BASE_COLUMNS = 7
 
@@ -54,7 +58,8 @@ class Scatterer:
       kind 2 ellipse: value inside the ellipse with semi-axes p0, p1 rotated by p2 (radians) about c;
       kind 3 polygon: value inside the polygon with p0 vertices (x_i, y_i) (absolute coordinates), c its
         centre of construction.
-    Unused columns are 0. `smooth` selects point sampling for rasters (else cell averages).
+    Unused columns are 0. `smooth` selects point sampling for rasters (else cell averages). `absorption` α:
+    the solver's contrast is η·(1 + iα) (Im η = α·Re η), see `contrast_raster`.
     """
 
     family: str
@@ -62,6 +67,7 @@ class Scatterer:
     support_radius: float
     clip: bool
     smooth: bool
+    absorption: float = 0.0
 
     def __call__(self, x, y) -> np.ndarray:
         """η at the points (x, y) (broadcast together), float64."""
@@ -82,6 +88,11 @@ class Scatterer:
         fine = self(x[:, None], x[None, :])
         return fine.reshape(n, supersample, n, supersample).mean(axis=(1, 3))
 
+    def contrast_raster(self, n: int, box: float, supersample: int = 8) -> np.ndarray:
+        """The solver's contrast (n, n): `raster` times (1 + iα), complex128 when α > 0, else float64."""
+        eta = self.raster(n, box, supersample)
+        return eta * complex(1.0, self.absorption) if self.absorption else eta
+
     def polar(self, nt: int, nr: int, radius: float) -> np.ndarray:
         """`coe` (nt, nr): η(ρ_i cos θ_j, ρ_i sin θ_j), θ_j = 2πj/nt, ρ_i = (i + ½)·radius/nr."""
         theta, rho = polar_grid(nt, nr, radius)
@@ -97,7 +108,7 @@ class Scatterer:
             xs = slice(BASE_COLUMNS, BASE_COLUMNS + 2 * int(rows[i, 4]), 2)
             ys = slice(BASE_COLUMNS + 1, BASE_COLUMNS + 2 * int(rows[i, 4]), 2)
             rows[i, xs], rows[i, ys] = c * rows[i, xs] - s * rows[i, ys], s * rows[i, xs] + c * rows[i, ys]
-        return Scatterer(self.family, rows, self.support_radius, self.clip, self.smooth)
+        return Scatterer(self.family, rows, self.support_radius, self.clip, self.smooth, self.absorption)
 
     def padded(self, max_primitives: int, columns: int) -> np.ndarray:
         """Primitive table zero-padded to (max_primitives, columns) float64 (kind 0 marks padding)."""
@@ -137,7 +148,7 @@ def _inside_polygon(vx: np.ndarray, vy: np.ndarray, x: np.ndarray, y: np.ndarray
     return inside
 
 
-def _uniform_in_disk(rng: np.random.Generator, radius: float) -> tuple[float, float]:
+def uniform_in_disk(rng: np.random.Generator, radius: float) -> tuple[float, float]:
     r = radius * math.sqrt(rng.random())
     phi = 2 * math.pi * rng.random()
     return r * math.cos(phi), r * math.sin(phi)
@@ -150,7 +161,7 @@ def sample_gaussian(rng: np.random.Generator, *, count: tuple[int, int], amplitu
     for _ in range(int(rng.integers(count[0], count[1] + 1))):
         sigma = rng.uniform(*width)
         value = rng.uniform(*amplitude)
-        cx, cy = _uniform_in_disk(rng, support_radius - tail_sigmas * sigma)
+        cx, cy = uniform_in_disk(rng, support_radius - tail_sigmas * sigma)
         rows.append([KIND_GAUSSIAN, value, cx, cy, sigma, 0.0, 0.0])
     return Scatterer("gaussian", np.array(rows, dtype=np.float64).reshape(-1, BASE_COLUMNS),
                      support_radius, clip=False, smooth=True)
@@ -172,7 +183,7 @@ def sample_shapes(rng: np.random.Generator, *, count: tuple[int, int], contrast:
         if len(rows) == wanted:
             break
         radius = rng.uniform(*size)
-        cx, cy = _uniform_in_disk(rng, support_radius - radius)
+        cx, cy = uniform_in_disk(rng, support_radius - radius)
         if any(math.hypot(cx - ox, cy - oy) < radius + orad + gap for ox, oy, orad in disks):
             continue
         row = np.zeros(columns)
