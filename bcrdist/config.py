@@ -247,7 +247,7 @@ def _coerce(value: Any, tp: Any, where: str, bounds: Range | tuple[Range, ...] |
                 raise
             except ConfigError:
                 continue
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{where}: expected {type_text(tp)}, got {value!r}")
     if origin is typing.Literal:
         choices = typing.get_args(tp)
         if isinstance(value, bool) and str(value).lower() in choices:

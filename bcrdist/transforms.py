@@ -2,7 +2,7 @@
 assembly of the network input from them (`network_input`, used by the data pipeline and by inference).
 
 All functions accept NumPy arrays or torch tensors and act on the trailing axes, so they work on one
-sample `(Ns, Nd)` or a batch `(N, Ns, Nd)`.
+sample `(Ns, Nd)` or a batch `(N, Ns, Nd)`. The original's measurement noise is in `bcrdist.noise` (`fan`).
 """
 
 from __future__ import annotations
@@ -72,19 +72,3 @@ def output_scale(y_min: float, y_max: float) -> float:
     if not np.isfinite(half_range) or half_range <= 0:
         raise ValueError(f"output_scale: the target range must be positive and finite, got [{y_min}, {y_max}]")
     return half_range
-
-
-def multiplicative_noise(x, noise_percent: float, generator: np.random.Generator | torch.Generator):
-    """The original's measurement noise X·(1 + σε), σ = noise_percent/100, ε ~ N(0, 1) elementwise.
-
-    Seeded through `generator` (the original drew it unseeded): a NumPy Generator for arrays, a torch
-    Generator for tensors.
-    """
-    sigma = float(noise_percent) / 100.0
-    if sigma == 0:
-        return x
-    if isinstance(x, torch.Tensor):
-        eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        return x * (1 + sigma * eps)
-    eps = generator.standard_normal(x.shape).astype(x.dtype, copy=False)
-    return x * (1 + sigma * eps)

@@ -157,7 +157,7 @@ def test_unknown_nested_key_names_file_and_dotted_key(tmp_path):
     ("inner: {scale: false}", "inner.scale", "number"),        # bool is not a float
     ("inner: {scale: abc}", "inner.scale", "number"),
     ("inner: {mode: c}", "inner.mode", "'a', 'b'"),            # Literal choices listed
-    ("inner: {limit: abc}", "inner.limit", "None"),            # Optional[float]
+    ("inner: {limit: abc}", "inner.limit", "float or null"),   # Optional[float]
     ("inner: {depth: true}", "inner.depth", "int"),
     ("inner: 5", "inner", "mapping"),
     ("pair: [1, 2, 3]", "pair", "2 items"),

@@ -1,6 +1,6 @@
-"""`bcrdist baseline --data DIR [--split test] [--val-split val] [--noise PERCENT] [--out FILE.json]`: the
-Tikhonov-regularised Born inversion baseline (`bcrdist.train.baseline`) on a split, for Fan's polar layout and
-the far-field/image layout (`--k --box [--angles --image-points --image-index --sign]` for a converted file that
+"""`bcrdist baseline --data DIR [--split test] [--val-split val] [--noise PERCENT --noise-model M] [--out
+FILE.json]`: the Tikhonov-regularised Born inversion baseline (`bcrdist.train.baseline`) on a split, λ chosen on
+validation under the same noise, for Fan's polar layout and the far-field/image layout (`--k --box [--angles --image-points --image-index --sign]` for a converted file that
 records no grid)."""
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ import json
 import sys
 from pathlib import Path
 
+from bcrdist.cli.evaluate import percent
 from bcrdist.fileio import atomic_write_bytes
+from bcrdist.noise import MODELS
 from bcrdist.train.baseline import evaluate_born_baseline
 
 
@@ -20,9 +22,14 @@ def add_baseline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-data", default=None, metavar="DIR",
                    help="data set whose validation split chooses λ (default: --data)")
     p.add_argument("--val-split", default="val", help="split of --val-data that chooses λ (default val)")
-    p.add_argument("--noise", type=float, default=0.0, metavar="PERCENT",
-                   help="multiplicative noise X(1 + σε) on Re F and Im F, in percent (default 0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise draws (default 0)")
+    p.add_argument("--noise", type=percent, default=0.0, metavar="PERCENT",
+                   help="measurement noise level δ on the far field, in percent (default 0), on the validation "
+                        "and evaluated splits alike")
+    p.add_argument("--noise-model", choices=MODELS, default="fan",
+                   help="noise model (bcrdist.noise): fan X(1 + δε) on Re F and Im F separately (default), complex "
+                        "(1 + δZ)·F, additive F + δ‖F‖/√n·Z")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the noise draws (default 0; a run's seed gives the draws of its evaluation)")
     p.add_argument("--entries", choices=("farfield", "measure"), default="farfield",
                    help="use all of F (default) or only the even offsets that BCR-Net's `measure` holds")
     p.add_argument("--norm", choices=("area", "euclidean"), default="area",
@@ -59,12 +66,12 @@ def run_baseline(args: argparse.Namespace) -> int:
                "image_index": args.image_index, "sign": None if args.sign == "auto" else int(args.sign)}
     doc = evaluate_born_baseline(args.data, args.split, args.val_data, args.val_split, args.noise, args.seed, args.entries,
                                  args.norm, args.lam, args.grid, args.out_scale, args.batch_size, grid_options=options,
-                                 calibrate=args.calibrate)
+                                 calibrate=args.calibrate, noise_model=args.noise_model)
     m = doc["metrics"]
     weighted = (f"radius-weighted relative error {m['weighted']['mean']:.4f} (max {m['weighted']['max']:.4f}), "
                 if "weighted" in m else "")
     summary = (f"{args.split}: {m['rel_l2']['count']} samples, Born baseline (λ = {doc['lambda']:.3g} = "
-               f"{doc['lambda_relative']:.2g}·σ_max²), noise {args.noise:g} %: {weighted}relative L2 "
+               f"{doc['lambda_relative']:.2g}·σ_max²), noise {args.noise:g} % ({args.noise_model}): {weighted}relative L2 "
                f"{m['rel_l2']['mean']:.4f}, relative L1 {m['rel_l1']['mean']:.4f}, PSNR {m['psnr']['mean']:.1f} dB "
                f"(pixel max {m['psnr']['pixel_max']:g})")
     text = json.dumps(doc, indent=2)

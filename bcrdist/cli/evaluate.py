@@ -1,6 +1,7 @@
-"""`bcrdist evaluate --checkpoint RUN/checkpoints/best.pt --data DIR [--split test] [--out DIR]`: exact
-metrics, predictions and plots of a checkpoint on a split (`bcrdist.train.evaluation`); runs under torchrun
-too."""
+"""`bcrdist evaluate --checkpoint RUN/checkpoints/best.pt --data DIR [--split test] [--out DIR] [--noise PERCENT
+--noise-model fan|complex|additive] [--seed N]`: exact metrics, predictions and plots of a checkpoint on a split
+(`bcrdist.train.evaluation`), under the measurement noise of `bcrdist.noise` (the draw `bcrdist baseline`
+makes with the same seed); runs under torchrun too."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import argparse
 
 from bcrdist.errors import BcrdistError
 from bcrdist.fileio import one_line
+from bcrdist.noise import MODELS
 from bcrdist.train.evaluation import evaluate_checkpoint
 
 
@@ -21,12 +23,28 @@ def non_negative(text: str) -> int:
     return value
 
 
+def percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage ≥ 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite percentage ≥ 0, got {text}")
+    return value
+
+
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a bcrdist checkpoint (best.pt or last.pt)")
     p.add_argument("--data", required=True, help="data-set directory")
     p.add_argument("--split", default="test", help="split name or file ('all' for every sample)")
     p.add_argument("--out", help="output folder (default: RUN/eval-SPLIT next to the checkpoint's run)")
-    p.add_argument("--noise", type=float, default=0.0, help="multiplicative input noise in percent")
+    p.add_argument("--noise", type=percent, default=0.0, metavar="PERCENT",
+                   help="measurement noise level δ in percent (default 0)")
+    p.add_argument("--noise-model", choices=MODELS, default="fan",
+                   help="noise model (bcrdist.noise): fan X(1 + δε) on Re and Im parts separately (default, the "
+                        "original's), complex (1 + δZ)·F, additive F + δ‖F‖/√n·Z")
+    p.add_argument("--seed", type=non_negative, default=None,
+                   help="seed of the noise draws (default: the run's seed, as its validation and test noise)")
     p.add_argument("--plots", type=non_negative, default=4, metavar="N", help="samples to plot (0: none)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -35,7 +53,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     try:
         evaluate_checkpoint(args.checkpoint, args.data, args.split, args.out, args.noise, args.plots,
-                            args.batch_size, args.device)
+                            args.batch_size, args.device, noise_model=args.noise_model, seed=args.seed)
     except FileNotFoundError:
         raise
     except OSError as exc:

@@ -1,9 +1,10 @@
-"""BCR-Net together with the data transforms it was trained with, for training and inference.
+"""BCR-Net (or BCNN) together with the data transforms it was trained with, for training and inference.
 
-`ScatteringModel` holds the network and, as buffers (so they travel in every checkpoint), the input
-normalisation (per detector channel: x ← (x − shift)/scale) and the output scale (targets were divided
-by it for training, the original's "half range"). `forward` works in training units; `predict_eta` takes
-raw `measure` arrays and returns η in physical units, assembling the network input as training did
+`ScatteringModel` holds the network (`model.type`: `bcrnet`, `bcrdist.models.bcrnet.BCRNet`, or `bcnn`,
+`bcrdist.models.bcnn.BCNN`, which undoes the input normalisation in its Born layer) and, as buffers (so they
+travel in every checkpoint), the input normalisation (per detector channel: x ← (x − shift)/scale) and the
+output scale (targets were divided by it for training, the original's "half range"). `forward` works in
+training units; `predict_eta` takes raw `measure` arrays and returns η in physical units, assembling the network input as training did
 (`bcrdist.transforms.network_input`). `ScatteringModel.from_config` builds one from a training config's
 `model` and `data` sections and the data shapes (the trainer and `bcrdist import-keras`).
 """
@@ -19,7 +20,10 @@ from torch import nn
 
 from bcrdist.errors import ConfigError
 from bcrdist.transforms import network_input
+from bcrdist.models.bcnn import BCNN
 from bcrdist.models.bcrnet import BCRNet, default_levels
+
+MODEL_TYPES = {"bcrnet": BCRNet, "bcnn": BCNN}
 
 
 def resolve_levels(ns: int, levels: int | None, padded: bool) -> int:
@@ -50,13 +54,19 @@ class ScatteringModel(nn.Module):
     or metric, because it never leaves the model.
     """
 
-    def __init__(self, net: BCRNet | dict, *, antipodal: bool = True, use_imag: bool = False,
-                 input: str = "measure", target: str = "coe", data_input=None, data_output=None):
-        """`net`: the network, or its constructor arguments (`BCRNet.config()`, as checkpoints store them);
-        `input`/`target`: the datasets it reads and predicts; `data_input`/`data_output`: the unpadded sizes
-        (default: the network's)."""
+    def __init__(self, net: BCRNet | BCNN | dict, *, antipodal: bool = True, use_imag: bool = False,
+                 input: str = "measure", target: str = "coe", data_input=None, data_output=None,
+                 model_type: str = "bcrnet"):
+        """`net`: the network, or its constructor arguments (`config()`, as checkpoints store them) for
+        `model_type` (`bcrnet` or `bcnn`); `input`/`target`: the datasets it reads and predicts;
+        `data_input`/`data_output`: the unpadded sizes (default: the network's)."""
         super().__init__()
-        self.net = net if isinstance(net, BCRNet) else BCRNet(**net)
+        if isinstance(net, nn.Module):
+            model_type = next(name for name, cls in MODEL_TYPES.items() if isinstance(net, cls))
+        elif model_type not in MODEL_TYPES:
+            raise ValueError(f"ScatteringModel: unknown model type {model_type!r} (expected {', '.join(MODEL_TYPES)})")
+        self.model_type = model_type
+        self.net = net if isinstance(net, nn.Module) else MODEL_TYPES[model_type](**net)
         self.antipodal = antipodal
         self.use_imag = use_imag
         self.input, self.target = input, target
@@ -70,6 +80,11 @@ class ScatteringModel(nn.Module):
         self.register_buffer("in_shift", torch.zeros(nd))
         self.register_buffer("in_scale", torch.ones(nd))
         self.register_buffer("out_scale", torch.ones(()))
+        if model_type == "bcnn":
+            # the Born matrix is fixed and identical on every rank (broadcast once at construction): DDP need not
+            # re-broadcast its megabytes before every forward
+            self._ddp_params_and_buffers_to_ignore = ["net.born.matrix"]
+        self.born_record: dict = {}
 
     @property
     def padded(self) -> bool:
@@ -85,6 +100,17 @@ class ScatteringModel(nn.Module):
         `input`: the resolved input field (`farfield.real` for a complex `farfield`), default `data.input`."""
         m = cfg.model
         n_input, n_output = tuple(int(v) for v in n_input), tuple(int(v) for v in n_output)
+        common = dict(antipodal=bool(cfg.data.antipodal if antipodal is None else antipodal),
+                      use_imag=bool(cfg.data.use_imag if use_imag is None else use_imag),
+                      input=cfg.data.input if input is None else input, target=cfg.data.target,
+                      data_input=n_input, data_output=n_output)
+        if m.type == "bcnn":
+            if m.pad_to is not None:
+                raise ConfigError("model.pad_to: applies to model.type bcrnet only; BCNN works at the data's sizes")
+            b = m.bcnn
+            net = BCNN(n_input, n_output, channels=b.channels, depth=b.depth, convs=b.convs, kernel=b.kernel,
+                       periodic_rows=cfg.data.target == "coe")
+            return cls(net, **common)
         net_in, net_out = n_input, n_output
         if m.pad_to is not None:
             h, w = (int(v) for v in m.pad_to)
@@ -95,19 +121,19 @@ class ScatteringModel(nn.Module):
         levels = resolve_levels(net_in[0], m.levels, m.pad_to is not None)
         net = BCRNet.from_config(dataclasses.replace(m, levels=levels), net_in, net_out,
                                  bc_padding=bc_padding or "period")
-        return cls(net, antipodal=bool(cfg.data.antipodal if antipodal is None else antipodal),
-                   use_imag=bool(cfg.data.use_imag if use_imag is None else use_imag),
-                   input=cfg.data.input if input is None else input,
-                   target=cfg.data.target, data_input=n_input, data_output=n_output)
+        return cls(net, **common)
 
     @classmethod
     def from_extra_config(cls, mc: dict) -> ScatteringModel:
         """The model (untrained) of a checkpoint's `model_config` (`extra_config()`; older ones lack the data
-        names and sizes: Fan's layout, unpadded)."""
+        names and sizes: Fan's layout, unpadded; and the model type: BCR-Net)."""
         net = dict(mc["net"])
         net["n_input"], net["n_output"] = tuple(net["n_input"]), tuple(net["n_output"])
-        return cls(net, antipodal=mc["antipodal"], use_imag=mc["use_imag"], input=mc.get("input", "measure"),
-                   target=mc.get("target", "coe"), data_input=mc.get("data_input"), data_output=mc.get("data_output"))
+        model = cls(net, antipodal=mc["antipodal"], use_imag=mc["use_imag"], input=mc.get("input", "measure"),
+                    target=mc.get("target", "coe"), data_input=mc.get("data_input"),
+                    data_output=mc.get("data_output"), model_type=mc.get("type", "bcrnet"))
+        model.born_record = dict(mc.get("born") or {})
+        return model
 
     def set_normalization(self, shift, scale, out_scale: float) -> None:
         """Set the input shift/scale (each (Nd',)) and the output scale (> 0)."""
@@ -121,6 +147,8 @@ class ScatteringModel(nn.Module):
     def forward(self, x: torch.Tensor, return_aux: bool = False):
         """x (B, Ns, Nd') preprocessed measurements → normalised η (B, Nt, Nr) [, auxiliary head]."""
         x = (x - self.in_shift.to(x.dtype)) / self.in_scale.to(x.dtype)
+        if self.model_type == "bcnn":
+            return self.net(x, (self.in_shift, self.in_scale, self.out_scale), return_aux=return_aux)
         if not self.padded:
             return self.net(x, return_aux=return_aux)
         (h, w), (nt, nr) = self.net.n_input, self.data_output
@@ -158,8 +186,16 @@ class ScatteringModel(nn.Module):
         eta = torch.cat(out).cpu().numpy()
         return eta[0] if single else eta
 
+    def summary(self) -> dict:
+        """What a run's results record of the model: its type, and for BCNN how its Born layer was made."""
+        return {"type": self.model_type, **({"born": dict(self.born_record)} if self.model_type == "bcnn" else {})}
+
     def extra_config(self) -> dict:
-        """Everything besides the state dict needed to rebuild this model."""
-        return {"net": self.net.config(), "antipodal": self.antipodal, "use_imag": self.use_imag,
-                "input": self.input, "target": self.target, "data_input": list(self.data_input),
-                "data_output": list(self.data_output)}
+        """Everything besides the state dict needed to rebuild this model (for BCNN also `born`, how its Born
+        layer was made: λ, the norm, the validation error; `bcrdist.train.born_layer`)."""
+        out = {"net": self.net.config(), "antipodal": self.antipodal, "use_imag": self.use_imag,
+               "input": self.input, "target": self.target, "data_input": list(self.data_input),
+               "data_output": list(self.data_output)}
+        if self.model_type != "bcrnet":         # BCR-Net checkpoints stay as they were
+            out.update(type=self.model_type, born=dict(self.born_record))
+        return out

@@ -42,9 +42,10 @@ compare with the dense solve. Set-up takes 3 s at Na = 160, Nr = 80, millisecond
 `entries="measure"` restricts the data to the even offsets q = 2j, i.e. exactly the entries of BCR-Net's input
 `measure`/`measure_imag`; the default "farfield" uses all Na² entries.
 
-Noise: the measurement model of the BCR-Net evaluation, X(1 + σε) elementwise (σ = percent/100, ε ~ N(0, 1),
-`bcrdist.transforms.multiplicative_noise`), applied to Re F and Im F separately with a generator
-seeded by (NOISE_STREAM, seed, global sample index) (`noisy_far_field`).
+Noise: a model of `bcrdist.noise` (`fan`: X(1 + σε) on Re F and Im F separately; `complex`: (1 + δZ)·F;
+`additive`: F + δ‖F‖/√n·Z) with the fixed per-sample draw of the evaluation splits (`bcrdist.noise.noisy_samples`
+seeded by (the model's fixed stream, seed, global sample index)), so that on the far-field layout the baseline and
+`bcrdist evaluate` see the same noisy far field (`noisy_far_field`).
 
 CARTESIAN TARGET (the far-field/image layout, any angle grids, `bcrdist.physics.layout.GridInfo`). With pixel
 positions y_p, spacing h (weight h²), observation and incident directions x̂_o, d_s:
@@ -76,11 +77,10 @@ import math
 import numpy as np
 import torch
 
-from bcrdist.transforms import multiplicative_noise
+from bcrdist.noise import noisy_samples
 from bcrdist.physics.layout import GridInfo, polar_grid
 from bcrdist.metrics import per_sample_error, psnr, relative_l1, relative_l2, weighted_relative_error
 
-NOISE_STREAM = 0x424F524E  # "BORN": first word of the per-sample noise seeds
 ENTRIES = ("farfield", "measure")
 NORMS = ("area", "euclidean")
 DEFAULT_LOG10_RANGE = (-12.0, 0.0)
@@ -116,24 +116,22 @@ def cartesian_born_matrix(grid: GridInfo) -> np.ndarray:
     return np.conj(a) if grid.farfield_sign == 1 else a
 
 
-def noisy_far_field(F: np.ndarray, noise_percent: float, indices, seed: int = 0) -> np.ndarray:
-    """F (B, Na, Na) complex with multiplicative noise X(1 + σε) on Re and Im parts separately.
+def noisy_far_field(F: np.ndarray, noise_percent: float, indices, seed: int = 0, model: str = "fan") -> np.ndarray:
+    """F (B, n_obs, n_inc) complex with noise `model` (`bcrdist.noise.MODELS`) at `noise_percent`, in F's complex
+    dtype (at least complex64).
 
-    Sample b's draw is seeded by (NOISE_STREAM, seed, indices[b]) — reproducible and independent of batching.
-    Returns F itself (not a copy) when noise_percent is 0.
+    Sample b's draw is the evaluation splits' fixed one, seeded by (the model's fixed stream, seed, indices[b])
+    (`bcrdist.noise.noisy_samples` with no epoch): reproducible, independent of batching, and the draw the data
+    pipeline gives the complex far field of the same sample and seed. Returns F itself (not a copy) when
+    noise_percent is 0.
     """
     if noise_percent < 0:
         raise ValueError(f"noise must be ≥ 0 (percent), got {noise_percent}")
     if not noise_percent:
         return F
     F = np.asarray(F)
-    out = np.empty(F.shape, dtype=np.result_type(F.dtype, np.complex64))
-    for b, gidx in enumerate(np.asarray(indices).reshape(-1).tolist()):
-        rng = np.random.default_rng([NOISE_STREAM, int(seed), int(gidx)])
-        re = multiplicative_noise(np.ascontiguousarray(F[b].real), noise_percent, rng)
-        im = multiplicative_noise(np.ascontiguousarray(F[b].imag), noise_percent, rng)
-        out[b] = re + 1j * im
-    return out
+    return noisy_samples(F.astype(np.result_type(F.dtype, np.complex64), copy=False), model, noise_percent,
+                         indices, seed)
 
 
 def sample_errors(pred: np.ndarray, target: np.ndarray, out_scale: float = 1.0, kind: str = "polar"
@@ -159,7 +157,8 @@ class TikhonovInversion:
         z_m = Vh_mᴴ diag(s_m / (s_m² + λ r_m)) c_m
     are the image's coordinates, which the subclass maps back (`_assemble`). s (M, r) and Vh (M, r, C) may be
     zero-padded (s = 0 is dropped); r_m (`reg_factor`, (M,)) is the regulariser's weight on block m.
-    λ is chosen on validation data by the mean of `selection_metric` (`fit_lambda`).
+    λ is chosen on validation data by the mean of `selection_metric` (`fit_lambda`). Subclasses give the far
+    fields' shape (n_obs, n_inc) as `data_shape`.
     """
 
     selection_metric = "weighted"
@@ -219,10 +218,30 @@ class TikhonovInversion:
 
     def predict(self, F: np.ndarray, lam: float | None = None) -> np.ndarray:
         """η (B, …) float64 for far fields F (B, n_obs, n_inc); λ from `fit_lambda` unless given."""
+        return self.solve(self.project(F), self._lambda(lam))
+
+    def reconstruction_matrix(self, lam: float | None = None, chunk: int = 256) -> np.ndarray:
+        """The estimate at λ as one dense real matrix (η_λ is R-linear in F): M (n_pixels, 2·n_entries) float64,
+            predict(F, λ)[b].ravel() = M @ concat(Re F[b].ravel(), Im F[b].ravel()),
+        F[b].ravel() row-major over [obs, src], the image row-major as `predict` returns it. Column c is the
+        estimate of the unit far field (entry c, real part; entry c − n_entries, imaginary part), computed
+        `chunk` at a time; λ from `fit_lambda` unless given."""
+        lam = self._lambda(lam)
+        n_obs, n_inc = self.data_shape
+        n = n_obs * n_inc
+        columns = []
+        for start in range(0, 2 * n, chunk):
+            c = np.arange(start, min(start + chunk, 2 * n))
+            unit = np.zeros((len(c), n), dtype=np.complex128)
+            unit[np.arange(len(c)), c % n] = np.where(c < n, 1.0, 1j)
+            columns.append(self.predict(unit.reshape(-1, n_obs, n_inc), lam).reshape(len(c), -1))
+        return np.concatenate(columns).T
+
+    def _lambda(self, lam: float | None) -> float:
         lam = self.lam if lam is None else lam
         if lam is None:
             raise ValueError("no λ: call fit_lambda first or pass lam")
-        return self.solve(self.project(F), lam)
+        return lam
 
     def _check_far_field(self, F, shape: tuple[int, int]) -> np.ndarray:
         F = np.asarray(F)
@@ -288,6 +307,10 @@ class BornInversion(TikhonovInversion):
         self.U = U                                                              # (M, 2Nq, r)
         # λ on real blocks, 2λ on pairs
         self._set_spectrum(s, Vh, np.where(self.real_mode, 1.0, 2.0))
+
+    @property
+    def data_shape(self) -> tuple[int, int]:
+        return self.Na, self.Na
 
     def forward(self, eta: np.ndarray) -> np.ndarray:
         """Born far field of polar-grid η (B, Nt, Nr) → F (B, Na, Na) complex128 [obs, src]."""
@@ -481,16 +504,36 @@ class CartesianBornInversion(TikhonovInversion):
         """Born far fields (B, n_obs, n_inc) of images (B, n, n), in the grid's sign convention."""
         return self.ours(self.op.forward(self._check_target(images)))
 
+    @property
+    def data_shape(self) -> tuple[int, int]:
+        return self.op.shape
+
+    def reconstruction_matrix(self, lam: float | None = None, chunk: int = 256) -> np.ndarray:
+        """As `TikhonovInversion.reconstruction_matrix`, factored through the normal equations:
+            M = K_λ [Re A; Im A]ᵀ,   K_λ = N^{−1/2} (N^{−1/2} Re(AᴴA) N^{−1/2} + λ)^{−1} N^{−1/2}  (P × P),
+        A = `cartesian_born_matrix` in the grid's convention (so Re(A_oursᴴ F_ours) = Re Aᵀ Re F + Im Aᵀ Im F for
+        either sign); K_λ's columns are the estimates of the unit right-hand sides."""
+        lam = self._lambda(lam)
+        P = self.n * self.n
+        K = np.concatenate([self.solve(self._project_rhs(np.eye(P)[a:a + chunk]), lam).reshape(-1, P)
+                            for a in range(0, P, chunk)]).T
+        A = cartesian_born_matrix(self.grid)                                     # (n_obs·n_inc, P)
+        return K @ np.concatenate([A.real, A.imag]).T
+
     def project(self, F: np.ndarray) -> np.ndarray:
         """c = Uᴴb per parity block, (B, M, r): Vᵀ Bᵀ N^{−1/2} Re(AᴴF) / σ (0 where σ = 0)."""
         F = self.ours(self._check_far_field(F, self.op.shape))
-        g = (self.op.adjoint_real(F) * self.col_scale).reshape(-1, self.n, self.n)
+        return self._project_rhs(self.op.adjoint_real(F))
+
+    def _project_rhs(self, rhs: np.ndarray) -> np.ndarray:
+        """`project` from the right-hand side Re(AᴴF) (B, P)."""
+        g = (rhs * self.col_scale).reshape(-1, self.n, self.n)
         u = self.bases[0].T @ g @ self.bases[1]                                  # Bᵀ g per sample, (B, n, n)
-        c = np.zeros((len(F), *self.s.shape))
+        c = np.zeros((len(g), *self.s.shape))
         keep = self.s > 0
         for m, (s0, s1) in enumerate(self.selections):
             r = self.blocks[m]
-            proj = u[:, s0][:, :, s1].reshape(len(F), r) @ self.Vh[m, :r, :r].T
+            proj = u[:, s0][:, :, s1].reshape(len(g), r) @ self.Vh[m, :r, :r].T
             c[:, m, :r] = np.divide(proj, self.s[m, :r], out=np.zeros_like(proj), where=keep[m, :r])
         return c
 

@@ -4,8 +4,11 @@ The linear baseline of `bcrdist.physics.born`: Tikhonov-regularised Born inversi
 λ chosen on a validation split (by default of the same data set; `val_data` names another one, e.g. the
 in-distribution set when the data are an out-of-distribution test set, so that the baseline learns no more
 from the test family than BCR-Net does). Reports the metrics in the layout of `bcrdist evaluate`'s
-metrics.json plus the chosen λ. Noise is applied to validation and evaluation far fields alike: the
-regularisation is tuned for the noise level, as one would in practice.
+metrics.json plus the chosen λ. Noise (a model of `bcrdist.noise` at a level in percent,
+`bcrdist.physics.born.noisy_far_field`) is applied to validation and evaluation far fields alike: the
+regularisation is tuned for the noise, as one would in practice. Each sample's draw is the one the data
+pipeline makes for the evaluation splits, so with the same seed `bcrdist evaluate` of a far-field model sees the
+same noisy far field.
 
 Two layouts: Fan's (`farfield` + polar `coe`: radius-weighted error, relative L2 and L1, PSNR; λ on the
 weighted error) and the far-field/image layout (`farfield` + Cartesian `image`: relative L2 and L1, PSNR; λ on
@@ -28,6 +31,7 @@ import numpy as np
 from bcrdist.data.dataset import ShardedDataset
 from bcrdist.data.format import read_manifest
 from bcrdist.errors import ConfigError, DataError
+from bcrdist.noise import check_model
 from bcrdist.metrics import PIXEL_MAX, REPORTED_FOR, SELECTION_DEFAULT, sample_statistics, summarize
 from bcrdist.physics.born import (BornInversion, CartesianBornInversion, born_fit, detect_sign, noisy_far_field,
                                   sample_errors)
@@ -66,8 +70,10 @@ def _fit_record(fits: dict) -> dict:
 
 def evaluate_born_baseline(data, split="test", val_data=None, val_split="val", noise=0.0, seed=0, entries="farfield",
                            norm="area", lam=None, grid=49, out_scale=None, batch_size=256, grid_options=None,
-                           calibrate=False) -> dict:
+                           calibrate=False, noise_model="fan") -> dict:
     """Fit λ (unless given) and evaluate; returns the result document (see module docstring).
+
+    `noise` percent of `noise_model` (`bcrdist.noise.MODELS`), drawn per sample from `seed`.
 
     `grid_options`: {GRID_OPTIONS key: value} for data sets that do not record their grid (sign −1, +1 or None
     = detect); `calibrate`: divide the far fields by the complex factor of the Born fit on the validation split.
@@ -75,6 +81,7 @@ def evaluate_born_baseline(data, split="test", val_data=None, val_split="val", n
     start = time.monotonic()
     if noise < 0:
         raise ConfigError(f"--noise: must be ≥ 0 (percent), got {noise}")
+    check_model(noise_model, "--noise-model")
     if grid < 2:
         raise ConfigError(f"--grid: need at least 2 λ candidates, got {grid}")
     val_data = data if val_data is None else val_data
@@ -98,12 +105,12 @@ def evaluate_born_baseline(data, split="test", val_data=None, val_split="val", n
     elif not (math.isfinite(out_scale) and out_scale > 0):
         raise ConfigError(f"--out-scale: must be finite and > 0, got {out_scale}")
     metric = SELECTION_DEFAULT[kind]
-    doc = {"method": "born-tikhonov", "data": str(data), "split": str(split), "noise": noise, "seed": seed,
-           "entries": entries, "norm": norm}
+    doc = {"method": "born-tikhonov", "data": str(data), "split": str(split), "noise": noise,
+           "noise_model": noise_model, "seed": seed, "entries": entries, "norm": norm}
     need_val = lam is None or (kind == "cartesian" and (geometry.farfield_sign is None or calibrate))
     if need_val:
         F_val, target_val, idx_val = load(val_data, val_split, batch_size, target_name)
-        F_val = noisy_far_field(F_val, noise, idx_val, seed)
+        F_val = noisy_far_field(F_val, noise, idx_val, seed, noise_model)
     factor = 1.0
     if kind == "polar":
         settings = {"k": geometry.k, "Na": geometry.n_obs, "Nr": geometry.polar_nr, "polar_radius": geometry.polar_radius}
@@ -151,7 +158,7 @@ def evaluate_born_baseline(data, split="test", val_data=None, val_split="val", n
     doc["out_scale"], doc["out_scale_source"] = float(out_scale), scale_source
     errors = {name: [] for name in REPORTED_FOR[kind]}
     for F, target, idx in iterate(data, split, batch_size, target_name):
-        pred = inv.predict(noisy_far_field(F, noise, idx, seed) / factor, lam)
+        pred = inv.predict(noisy_far_field(F, noise, idx, seed, noise_model) / factor, lam)
         for name, e in sample_errors(pred, target, out_scale, kind).items():
             errors[name].append(e)
     doc["lambda"] = float(lam)

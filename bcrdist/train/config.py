@@ -41,8 +41,17 @@ class DataConfig:
                                     "the real part only (what the port fed BCR-Net), true = real and imaginary "
                                     "parts; the second part is concatenated along the detector axis (Nd doubles); "
                                     "null = false for `measure`, must be chosen for a complex input")
-    noise: float = setting(0.0, help="multiplicative noise X·(1 + σε), σ = noise/100, on training, validation "
-                           "and test inputs (the original's `--noise`, percent)", low=0)
+    noise: float = setting(0.0, help="training-input noise level δ, percent (the original's `--noise`); also "
+                           "the validation and test noise unless `data.eval_noise` is set", low=0)
+    noise_model: Literal["fan", "complex", "additive"] = setting(
+        "fan", help="training noise model (`bcrdist.noise`): `fan` X(1 + δε) on Re and Im parts separately (the "
+        "original's), `complex` (1 + δZ)·F with Z complex standard normal, `additive` F + δ‖F‖/√n·Z; on the "
+        "complex far field before any layout transform (`measure` + i·`measure_imag` on Fan's layout, where `fan` "
+        "acts on the network input, as the original)")
+    eval_noise: float | None = setting(None, help="validation and test noise level, percent (one fixed draw per "
+                                       "sample); null = `data.noise`", low=0)
+    eval_noise_model: Literal["fan", "complex", "additive"] | None = setting(
+        None, help="validation and test noise model (as `data.noise_model`); null = `data.noise_model`")
     noise_per_epoch: bool = setting(False, help="a fresh training-noise draw every epoch (data augmentation); "
                                     "false = one fixed draw per sample, as the original")
     percent: float | None = setting(None, help="instead of split files: the original rule (train = first "
@@ -61,9 +70,46 @@ class DataConfig:
     def validate(self):
         check_ranges(self, "data")
 
+    def evaluation_noise(self) -> tuple[str, float]:
+        """(model, level) of the validation and test splits: `eval_noise_model` / `eval_noise`, null = the
+        training noise's."""
+        return (self.noise_model if self.eval_noise_model is None else self.eval_noise_model,
+                self.noise if self.eval_noise is None else self.eval_noise)
+
+    def noise_record(self) -> dict:
+        """Both noises as a run's results record them: {"train": {model, level, per_epoch}, "eval": {model,
+        level}}."""
+        model, level = self.evaluation_noise()
+        return {"train": {"model": self.noise_model, "level": self.noise, "per_epoch": self.noise_per_epoch},
+                "eval": {"model": model, "level": level}}
+
+
+@dataclass
+class BCNNConfig:
+    channels: int = setting(32, help="channels of the post-correction U-Net's first level (doubled at each "
+                            "level below)", low=1)
+    depth: int = setting(3, help="poolings by 2 of the U-Net (0: a plain residual conv stack)", low=0)
+    convs: int = setting(2, help="convolutions per U-Net level and side", low=1)
+    kernel: int = setting(3, help="convolution kernel size (odd)", low=1)
+    born_lambda: float | None = setting(None, help="λ of the Born (Tikhonov) layer, absolute; null = chosen on "
+                                        "the validation split at the training noise, as `bcrdist baseline` does",
+                                        low=0)
+    lambda_grid: int = setting(49, help="λ candidates on validation, log-spaced over σ_max²·[1e-12, 1] (as "
+                               "`bcrdist baseline --grid`)", low=2)
+    norm: Literal["area", "euclidean"] = setting("area", help="the Tikhonov regulariser: area-weighted L2 norm of "
+                                                 "η, or the plain coefficient norm (as `bcrdist baseline --norm`)")
+
+    def validate(self):
+        check_ranges(self, "model.bcnn")
+        if self.kernel % 2 == 0:
+            raise ConfigError(f"model.bcnn.kernel: must be odd, got {self.kernel}")
+
 
 @dataclass
 class ModelConfig:
+    type: Literal["bcrnet", "bcnn"] = setting("bcrnet", help="`bcrnet` (BCR-Net) or `bcnn` (the Born–Tikhonov "
+                                              "reconstruction as a fixed first layer, then a trainable CNN "
+                                              "post-correction; needs data.input farfield and data.use_imag true)")
     alpha: int = setting(40, help="channels α", low=1)
     n_cnn: int = setting(6, help="band-matrix layers per level (the original's N_cnn)", low=1)
     n_cnn3: int = setting(5, help="2D refinement layers (N_cnn3)", low=1)
@@ -77,9 +123,12 @@ class ModelConfig:
     bc_padding: Literal["auto", "period", "zero"] = setting(
         "auto", help="BCR-Net's padding along the angle axis, 2D refinement head included: `period` or `zero`; "
         "`auto` = period on periodic angle grids, zero otherwise")
+    bcnn: BCNNConfig = section(BCNNConfig, help="BCNN (`model.type: bcnn`, `bcrdist.models.bcnn`): the Born layer "
+                               "and the post-correction U-Net")
 
     def validate(self):
         check_ranges(self, "model")
+        self.bcnn.validate()
         if self.w_comp % 2 == 0:
             raise ConfigError(f"model.w_comp: must be odd, got {self.w_comp}")
 
@@ -196,8 +245,8 @@ class TrainConfig:
     seed: int = setting(0, help="model initialisation, data order and noise (data order and noise depend only on "
                         "(seed, epoch, sample))", low=0, high=SEED_LIMIT)
     data: DataConfig = section(DataConfig, help="the data set, its splits and the input/target preprocessing")
-    model: ModelConfig = section(ModelConfig, help="BCR-Net (`bcrdist.models.BCRNet`); input/output sizes come "
-                                 "from the data")
+    model: ModelConfig = section(ModelConfig, help="the network (`model.type`: BCR-Net or BCNN); input/output "
+                                 "sizes come from the data")
     optim: OptimConfig = section(OptimConfig, help="the optimizer")
     schedule: ScheduleConfig = section(ScheduleConfig, help="the original's recipe of stages, model selection "
                                        "and stopping (see `bcrdist/train/schedule.py`)")

@@ -24,7 +24,7 @@ import torch
 
 from bcrdist.data.dataset import ShardedDataset
 from bcrdist.data.format import read_manifest
-from bcrdist.data.preprocess import Preprocess
+from bcrdist.data.preprocess import Preprocess, noise_source
 from bcrdist.distributed import init_distributed, shutdown_distributed
 from bcrdist.errors import DataError
 from bcrdist.fileio import atomic_write_held, atomic_write_json, json_safe
@@ -167,9 +167,11 @@ def plot_grid(manifest, target: str, shape) -> GridInfo | None:
 
 
 def evaluate_checkpoint(checkpoint, data, split="test", out=None, noise=0.0, n_plots=4, batch_size=64,
-                        device="auto") -> dict:
+                        device="auto", noise_model="fan", seed=None) -> dict:
     """Evaluate on every rank of the current launch; rank 0 writes the files. Returns the metrics.
-    `n_plots` 0: no sample plot."""
+    `n_plots` 0: no sample plot. `noise` (percent) of `noise_model` (`bcrdist.noise`), one fixed draw per
+    sample seeded by `seed` (None: the run's seed, so the run's own evaluation noise gives its validation and
+    test draws)."""
     ctx = init_distributed(device)
     try:
         model, meta = load_model(checkpoint, ctx.device, with_meta=True)
@@ -180,11 +182,13 @@ def evaluate_checkpoint(checkpoint, data, split="test", out=None, noise=0.0, n_p
         x_name, imag_name = model_fields(model)
         run_dir = Path(checkpoint).resolve().parent.parent
         out = Path(out) if out else run_dir / f"eval-{Path(str(split)).stem}"
-        spec = Preprocess(input=x_name, target=model.target, input_imag=imag_name,
-                          antipodal=model.antipodal, normalize_target=False, noise=noise, noise_fixed=True)
+        spec = Preprocess(input=x_name, target=model.target, input_imag=imag_name, antipodal=model.antipodal,
+                          normalize_target=False, noise=noise, noise_model=noise_model, noise_fixed=True)
+        noise_source(manifest, spec, "--noise-model")
+        seed = meta.get("seed", 0) if seed is None else int(seed)
         reader = ShardedDataset(data, split=None if split == "all" else split, rank=ctx.rank,
                                 world_size=ctx.world_size, shuffle=False, exact=True, batch_size=batch_size,
-                                preprocess=spec, seed=meta.get("seed", 0))
+                                preprocess=spec, seed=seed)
         scale = float(model.out_scale)
         keep = {"index": [], "input": [], "target": [], "pred": [], "error": []}
         nonfinite = NonFiniteSamples()
@@ -209,7 +213,7 @@ def evaluate_checkpoint(checkpoint, data, split="test", out=None, noise=0.0, n_p
         if ctx.is_main:
             out.mkdir(parents=True, exist_ok=True)
             result = {"checkpoint": str(checkpoint), "data": str(data), "split": str(split), "noise": noise,
-                      "metrics": metrics}
+                      "noise_model": noise_model, "seed": seed, "metrics": metrics}
             atomic_write_json(out / "metrics.json", json_safe(result))
             kept = {k: np.concatenate(v) if v else np.zeros(0) for k, v in keep.items()}
 

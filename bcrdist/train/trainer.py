@@ -98,7 +98,7 @@ class Trainer:
 
         self.data = TrainingData(cfg, ctx)
         self.provenance = run_provenance(cfg, self.data.manifest.dataset_id)
-        self.model = build_model(cfg, self.data.choice)
+        self.model = build_model(cfg, self.data.choice, self.data)
         shift, scale, out_scale = self.data.normalization()
         self.model.set_normalization(shift, scale, out_scale)
         self.model.to(ctx.device)
@@ -486,6 +486,7 @@ class Trainer:
             "best_epoch": self.tracker.best_epoch, "errors": errors, "wall_time_s": wall,
             "n_train": self.data.n_train, "provenance": self.provenance,
             "selection_metric": self.data.choice.metric, "target": self.data.choice.layout.target_kind,
+            "model": self.model.summary(), "noise": self.cfg.data.noise_record(),
         }
         path = self.run_dir / "results.json"
         self.written_by_rank0(path, lambda: atomic_write_json(path, json_safe(results)))
@@ -512,10 +513,11 @@ class Trainer:
         row = [cfg.data.path, str(self.run_dir), cfg.model.alpha, cfg.model.n_cnn, cfg.model.n_cnn3,
                cfg.schedule.batch_size, self.data.n_train, test.get("count", 0), self.n_params,
                cfg.schedule.epochs, results["epochs"], cfg.data.noise, results["best_selection_error"],
-               test.get("mean", float("nan")), test.get("max", float("nan")), test.get("std", float("nan"))]
+               test.get("mean", float("nan")), test.get("max", float("nan")), test.get("std", float("nan")),
+               cfg.model.type, cfg.data.noise_model, *reversed(cfg.data.evaluation_noise())]
         header = ["data", "run_dir", "alpha", "n_cnn", "n_cnn3", "batch_size", "n_train", "n_test", "parameters",
                   "epoch_unit", "epochs_run", "noise", "best_val_error", "test_error_mean", "test_error_max",
-                  "test_error_std"]
+                  "test_error_std", "model_type", "noise_model", "eval_noise", "eval_noise_model"]
         text = ("" if path.exists() else "\t".join(header) + "\n") + "\t".join(str(v) for v in row) + "\n"
         data = memoryview(text.encode())
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)

@@ -7,6 +7,11 @@ N − n_train); validation = the first n_valid test samples, as the original sel
 Model selection uses at most `data.n_valid` samples: the first ones of the validation split; the
 fine-tuning "train" slot uses as many of the first training samples.
 
+Noise (`noise_specs`): the training split gets the training noise (`data.noise_model` at `data.noise`, a fresh
+draw per epoch with `data.noise_per_epoch`; the fine-tuning "train" slot sees its fixed draw);
+validation and test get the evaluation noise (`data.eval_noise_model` at `data.eval_noise`, null = the
+training noise's), one fixed draw per sample, the draw `bcrdist evaluate` and `bcrdist baseline` make.
+
 As a part of the training state (`state_dict`) it is the identity of the data the run trains on (data set,
 training split size, seed: together they fix every epoch's order); the position within an epoch is the
 trainer's batch counter.
@@ -22,12 +27,13 @@ import torch
 
 from bcrdist.data.format import read_manifest
 from bcrdist.data.grid import Layout, layout_of
-from bcrdist.data.preprocess import Preprocess, Preprocessor
+from bcrdist.data.preprocess import Preprocess, Preprocessor, noise_source
 from bcrdist.data.dataset import ShardedDataset
 from bcrdist.data.splits import load_split, make_splits, split_path
 from bcrdist.distributed import DistContext
 from bcrdist.errors import ConfigError, DataError
 from bcrdist.models.scattering import ScatteringModel
+from bcrdist.train.born_layer import check_bcnn_data, fit_born_layer
 from bcrdist.metrics import REPORTED_FOR, SELECTION_DEFAULT, check_metrics_for_target
 from bcrdist.transforms import network_input_shape
 
@@ -114,11 +120,21 @@ def resolve_data(cfg, manifest) -> DataChoice:
                       reported=REPORTED_FOR[layout.target_kind])
 
 
-def build_model(cfg, choice) -> ScatteringModel:
+def build_model(cfg, choice, data=None) -> ScatteringModel:
     """The run's model for the resolved data (`resolve_data`): BCR-Net for its input and target sizes, padded
     per `model.pad_to`, with `model.bc_padding` resolved from the angle grid (auto: period on periodic grids,
-    zero otherwise); ConfigError for sizes BCR-Net cannot take."""
+    zero otherwise); ConfigError for sizes BCR-Net cannot take. With `model.type: bcnn`, BCNN (ConfigError
+    unless it reads the complex far field, `check_bcnn_data`), its Born layer made from the run's `data`
+    (TrainingData) when given (`bcrdist.train.born_layer.fit_born_layer`; without it the layer is zero, as for
+    the size checks before the run directory is claimed)."""
     (ns, nd), (nt, nr) = choice.input_shape, choice.target_shape
+    if cfg.model.type == "bcnn":
+        check_bcnn_data(cfg, choice)
+        model = ScatteringModel.from_config(cfg, (ns, nd), (nt, nr), antipodal=choice.antipodal,
+                                            use_imag=choice.use_imag, input=choice.input)
+        if data is not None:
+            fit_born_layer(model, cfg, data)
+        return model
     bc = cfg.model.bc_padding
     if bc == "auto":
         bc = "period" if choice.layout.periodic else "zero"
@@ -132,11 +148,36 @@ def build_model(cfg, choice) -> ScatteringModel:
         raise ConfigError(f"model: {exc} (data {cfg.data.path}: input {ns}×{nd}, target {nt}×{nr})") from None
 
 
+def noise_specs(cfg, choice) -> dict[str, Preprocess]:
+    """The Preprocess of each reader: "train" (the training noise, fresh per epoch with
+    `data.noise_per_epoch`), "train_subset" (the training noise, fixed: the fine-tuning selection's training
+    samples as trained on) and "eval" (validation and test: the evaluation noise, one fixed draw per sample)."""
+    d = cfg.data
+    common = dict(input=choice.input, target=choice.target, input_imag=choice.input_imag,
+                  antipodal=choice.antipodal, normalize_target=d.normalize_output)
+    eval_model, eval_level = d.evaluation_noise()
+    return {"train": Preprocess(**common, noise=d.noise, noise_model=d.noise_model,
+                                noise_fixed=not d.noise_per_epoch),
+            "train_subset": Preprocess(**common, noise=d.noise, noise_model=d.noise_model, noise_fixed=True),
+            "eval": Preprocess(**common, noise=eval_level, noise_model=eval_model, noise_fixed=True)}
+
+
+def check_noise(cfg, manifest, choice) -> None:
+    """Refuse a noise model the input cannot take (`complex`/`additive` need the complex far field), naming
+    `data.noise_model` or `data.eval_noise_model`."""
+    specs = noise_specs(cfg, choice)
+    eval_key = "data.noise_model" if cfg.data.eval_noise_model is None else "data.eval_noise_model"
+    for key, spec in (("data.noise_model", specs["train"]), (eval_key, specs["eval"])):
+        noise_source(manifest, spec, key)
+
+
 def check_before_claim(cfg) -> None:
-    """Refuse, before the run directory is claimed (so nothing is written), a data choice or a model size the
-    run cannot take: the checks `resolve_data` and `build_model` make, on every rank alike."""
+    """Refuse, before the run directory is claimed (so nothing is written), a data choice, noise or model size
+    the run cannot take: the checks `resolve_data`, `check_noise` and `build_model` make, on every rank alike."""
     manifest = read_manifest(cfg.data.path)
-    build_model(cfg, resolve_data(cfg, manifest))
+    choice = resolve_data(cfg, manifest)
+    check_noise(cfg, manifest, choice)
+    build_model(cfg, choice)
 
 
 
@@ -156,10 +197,9 @@ class TrainingData:
         self.split_names["train_subset"] = self.split_names["train"]
         self.choice = resolve_data(cfg, self.manifest)
         c = self.choice
-        common = dict(input=c.input, target=c.target, input_imag=c.input_imag, antipodal=c.antipodal,
-                      normalize_target=d.normalize_output, noise=d.noise)
-        self.train_spec = Preprocess(**common, noise_fixed=not d.noise_per_epoch)
-        self.eval_spec = Preprocess(**common, noise_fixed=True)
+        check_noise(cfg, self.manifest, c)
+        self.specs = noise_specs(cfg, c)
+        self.train_spec = self.specs["train"]
         self._train_readers: dict[int, ShardedDataset] = {}
         self._eval_readers: dict[tuple, ShardedDataset] = {}
         self.input_shape, self.target_shape = c.input_shape, c.target_shape
@@ -212,9 +252,10 @@ class TrainingData:
         key = (split, batch, limit)
         if key not in self._eval_readers:
             indices = self.splits[split] if limit is None else self.splits[split][:limit]
+            spec = self.specs["train_subset" if split == "train" else "eval"]
             self._eval_readers[key] = ShardedDataset(
                 self.cfg.data.path, split=indices, rank=self.ctx.rank, world_size=self.ctx.world_size,
-                seed=self.cfg.seed, shuffle=False, exact=True, batch_size=batch, preprocess=self.eval_spec,
+                seed=self.cfg.seed, shuffle=False, exact=True, batch_size=batch, preprocess=spec,
                 preload=self.cfg.data.preload, split_name=self.split_names[split])
         return self._eval_readers[key]
 
