@@ -15,7 +15,8 @@ caller seeds; `apply_noise(F, model, level, rng)` dispatches by name (`MODELS`).
 index, epoch)`, a stream constant per model (one for per-epoch draws, one for the fixed draw) followed by the
 run's seed, [the epoch,] and the sample's global index, so a sample's draw does not depend on batching, rank
 or worker; `noisy_samples` applies a model to a batch that way (the data pipeline and the Born baseline both
-use it, so they see the same noisy far field).
+use it, so they see the same noisy far field); with `level_max` each sample draws its level in [level,
+level_max] first (the training split's `data.noise_max`).
 """
 
 from __future__ import annotations
@@ -115,17 +116,25 @@ def sample_rng(model: str, seed: int, index: int, epoch: int | None = None) -> n
     return np.random.default_rng(key)
 
 
-def noisy_samples(F: np.ndarray, model: str, level: float, indices, seed: int, epoch: int | None = None
-                  ) -> np.ndarray:
+def noisy_samples(F: np.ndarray, model: str, level: float, indices, seed: int, epoch: int | None = None,
+                  level_max: float | None = None) -> np.ndarray:
     """A batch F (B, …) with each sample's noise drawn by `sample_rng(model, seed, indices[b], epoch)`: a new
-    array of F's dtype, or F itself at level 0."""
+    array of F's dtype, or F itself at level 0. With `level_max`, each sample first draws its own level
+    uniformly from [level, level_max] from that Generator (augmentation over noise levels: one network for a
+    range of them)."""
     check_model(model)
-    if not level:
+    if level_max is not None:
+        if not level_max >= level:
+            raise ValueError(f"noise level_max {level_max} is below the level {level}")
+        if level_max == level:
+            level_max = None
+    if not level and level_max is None:
         return F
     indices = np.asarray(indices).reshape(-1)
     if len(indices) != len(F):
         raise ValueError(f"noisy_samples: {len(indices)} indices for {len(F)} samples")
     out = np.empty_like(F)
     for b, gidx in enumerate(indices.tolist()):
-        out[b] = apply_noise(F[b], model, level, sample_rng(model, seed, gidx, epoch))
+        rng = sample_rng(model, seed, gidx, epoch)
+        out[b] = apply_noise(F[b], model, level if level_max is None else rng.uniform(level, level_max), rng)
     return out

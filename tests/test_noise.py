@@ -29,7 +29,7 @@ from bcrdist.physics.born import CartesianBornInversion, noisy_far_field
 from bcrdist.metrics import relative_l2
 from bcrdist.train.config import DataConfig, TrainConfig
 from bcrdist.train.run_dir import config_changes
-from bcrdist.train.training_data import build_model, resolve_data
+from bcrdist.train.training_data import build_model, noise_specs, resolve_data
 from bcrdist.transforms import antipodal, network_input
 from data_helpers import make_reader_dataset
 from generation_helpers import demo_gaussian_config
@@ -137,6 +137,45 @@ def test_streams_are_distinct_per_model_and_draw():
         perm = np.array([3, 0, 5, 1, 4, 2])
         np.testing.assert_array_equal(noise.noisy_samples(F[perm], m, 10, idx[perm], 2, 1), draws[(m, 1)][perm])
         np.testing.assert_array_equal(noise.noisy_samples(F[2:3], m, 10, idx[2:3], 2), draws[(m, None)][2:3])
+
+
+def test_level_range_draws_each_samples_level_uniformly():
+    """`level_max`: sample i's level is uniform on [level, level_max], drawn from its own Generator just before
+    its noise; the draw is the sample's (not its batch position's), and level_max = level is the plain level."""
+    n = 4000
+    F = np.ones((n, 16), dtype=np.complex128)
+    idx = np.arange(n)
+    noisy = noise.noisy_samples(F, "additive", 10, idx, seed=1, epoch=0, level_max=50)
+    levels = []
+    for i in (0, 1, 2):
+        rng = np.random.default_rng([noise.STREAMS["additive"][0], 1, 0, i])
+        levels.append(rng.uniform(10, 50))
+        z = rng.standard_normal((2, 16))
+        np.testing.assert_allclose(noisy[i], 1 + levels[-1] / 100 * (z[0] + 1j * z[1]) * np.sqrt(0.5), rtol=1e-12)
+    assert len(set(levels)) == 3
+    rms = np.sqrt(np.mean(np.abs(noisy - F) ** 2, axis=1)) * 100       # ≈ each sample's level
+    assert 29 < np.mean(rms) < 31 and np.percentile(rms, 5) < 16 and np.percentile(rms, 95) > 44
+    perm = np.random.default_rng(0).permutation(n)[:50]
+    np.testing.assert_array_equal(noise.noisy_samples(F[perm], "additive", 10, idx[perm], 1, 0, 50), noisy[perm])
+    np.testing.assert_array_equal(noise.noisy_samples(F[:5], "complex", 20, idx[:5], 1, None, 20),
+                                  noise.noisy_samples(F[:5], "complex", 20, idx[:5], 1, None))
+    with pytest.raises(ValueError, match="below the level"):
+        noise.noisy_samples(F[:2], "complex", 20, idx[:2], 1, None, 10)
+
+
+def test_noise_max_reaches_the_training_split_only(reader_data, tmp_path):
+    """data.noise_max: the training readers draw a level per sample in [noise, noise_max] (at noise 0 the
+    data still get noise), validation and test keep the evaluation level; noise_max < noise is refused."""
+    root, _ = reader_data
+    cfg = load_config(None, TrainConfig, [f"data.path={root}", "data.input=farfield", "data.use_imag=true",
+                                          "data.noise=0", "data.noise_max=100", "data.noise_model=complex"])
+    specs = noise_specs(cfg, resolve_data(cfg, read_manifest(root)))
+    assert specs["train"].noise_max == specs["train_subset"].noise_max == 100 and specs["eval"].noise_max is None
+    got = by_index(root, specs["train"], 1, batch_size=8)
+    plain = by_index(root, dataclasses.replace(specs["train"], noise_max=None), 1, batch_size=8)
+    assert all(not np.array_equal(got[i], plain[i]) for i in (0, 5, 9))
+    with pytest.raises(ConfigError, match=r"data\.noise_max: 1\.0 is below data\.noise 2\.0"):
+        load_config(None, TrainConfig, ["data.noise=2", "data.noise_max=1"])
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +342,7 @@ def test_config_keys_resolve_and_belong_to_the_run():
     assert d.evaluation_noise() == ("fan", 2.0)
     d = DataConfig(noise=2.0, noise_model="complex", eval_noise=0.0, eval_noise_model="additive")
     assert d.evaluation_noise() == ("additive", 0.0)
-    assert d.noise_record() == {"train": {"model": "complex", "level": 2.0, "per_epoch": False},
+    assert d.noise_record() == {"train": {"model": "complex", "level": 2.0, "level_max": None, "per_epoch": False},
                                 "eval": {"model": "additive", "level": 0.0}}
     with pytest.raises(ConfigError, match=r"data\.eval_noise: must be a finite number ≥ 0 or null, got -1"):
         load_config(None, TrainConfig, ["data.eval_noise=-1"])

@@ -29,7 +29,8 @@ class Preprocess:
     - antipodal: the original's input transform (`bcrdist.transforms.antipodal`), applied to input and
       input_imag separately, before the concatenation (both by `bcrdist.transforms.network_input`, the
       assembly inference uses too). Needs even Ns and Nd.
-    - noise, noise_model: measurement noise at `noise` percent, a model of `bcrdist.noise` (`fan`, `complex`,
+    - noise, noise_model, noise_max: measurement noise at `noise` percent (with `noise_max`, at a level each
+      sample draws uniformly from [noise, noise_max]), a model of `bcrdist.noise` (`fan`, `complex`,
       `additive`). The draw for a sample is seeded by (the model's stream, seed, epoch, global index)
       (`bcrdist.noise.sample_rng`), so it is reproducible and independent of rank, worker and batch
       composition; with noise_fixed the epoch is left out, giving one fixed draw per sample as the original
@@ -57,6 +58,7 @@ class Preprocess:
     normalize_target: bool = False
     noise: float = 0.0
     noise_model: str = "fan"
+    noise_max: float | None = None
     noise_fixed: bool = False
     keep: tuple[str, ...] = ()
     dtype: str = "float32"
@@ -81,7 +83,7 @@ def noise_source(manifest: Manifest, spec: Preprocess, key: str = "preprocess.no
     real datasets (`measure`, `measure_imag`: by default the input's `NAME_imag`). ConfigError naming `key`
     for an unknown model, or a `complex`/`additive` model on an input without imaginary part."""
     model = check_model(spec.noise_model, key)
-    if not spec.noise:
+    if not spec.noise and not spec.noise_max:
         return None
     name, _ = resolve_field(manifest, spec.input, "preprocess.input")
     imag = resolve_field(manifest, spec.input_imag, "preprocess.input_imag")[0] if spec.input_imag else None
@@ -116,6 +118,8 @@ class Preprocessor:
             raise ConfigError(f"preprocess.dtype: must be a floating dtype, got {spec.dtype!r}")
         if spec.noise < 0:
             raise ConfigError(f"preprocess.noise: must be ≥ 0 (percent), got {spec.noise}")
+        if spec.noise_max is not None and not spec.noise_max >= spec.noise:
+            raise ConfigError(f"preprocess.noise_max: must be ≥ preprocess.noise ({spec.noise}), got {spec.noise_max}")
         self.input = resolve_field(manifest, spec.input, "preprocess.input")
         self.input_imag = (resolve_field(manifest, spec.input_imag, "preprocess.input_imag")
                            if spec.input_imag else None)
@@ -165,7 +169,7 @@ class Preprocessor:
         else:
             F = np.empty(raw[name].shape, dtype=cdtype)
             F.real, F.imag = raw[name], raw[imag]
-        F = noisy_samples(F, self.spec.noise_model, self.spec.noise, index, seed, epoch)
+        F = noisy_samples(F, self.spec.noise_model, self.spec.noise, index, seed, epoch, self.spec.noise_max)
         if imag is None:
             return {(name, None): F.real, (name, "real"): F.real, (name, "imag"): F.imag}
         return {(name, None): F.real, (name, "real"): F.real, (imag, None): F.imag, (imag, "real"): F.imag}
@@ -179,9 +183,10 @@ class Preprocessor:
         x = network_input(self._field(raw, self.input, noisy),
                           self._field(raw, self.input_imag, noisy) if self.input_imag else None,
                           apply_antipodal=spec.antipodal)
-        if spec.noise and self.noise_source is None:
+        if (spec.noise or spec.noise_max) and self.noise_source is None:
             # `fan` on a real input: on the network input, as the original
-            x = noisy_samples(np.ascontiguousarray(x), spec.noise_model, spec.noise, index, seed, draw_epoch)
+            x = noisy_samples(np.ascontiguousarray(x), spec.noise_model, spec.noise, index, seed, draw_epoch,
+                              spec.noise_max)
         out = {"index": torch.from_numpy(np.ascontiguousarray(index, dtype=np.int64)),
                "input": torch.from_numpy(np.ascontiguousarray(x))}
         if self.target:

@@ -1,5 +1,5 @@
 """BCNN's Born layer made from the run's data: the Tikhonov inversion of `bcrdist baseline` on the data set's
-grid, λ chosen on the validation split at the training noise, and its dense reconstruction matrix.
+grid, λ chosen on the validation split at its noise, and its dense reconstruction matrix.
 
 The rule is the baseline's (`bcrdist.train.baseline`): the grid from the manifest
 (`bcrdist.data.grid.grid_from_manifest`); the polar `BornInversion` for a `coe` target, the Cartesian
@@ -7,8 +7,9 @@ The rule is the baseline's (`bcrdist.train.baseline`): the grid from the manifes
 sign detected on the first validation samples (`detect_sign`); λ = argmin over the log grid σ_max²·10^t,
 t ∈ [−12, 0] (`model.bcnn.lambda_grid` candidates) of the mean validation error (`selection_metric`: radius-
 weighted on polar targets, relative L2 on Cartesian ones) of the estimates from the validation far fields with
-the training noise (`data.noise` of `data.noise_model`, seeded by (seed, sample) as the baseline's `--noise
---noise-model --seed`). The
+the validation split's noise (`data.eval_noise` of `data.eval_noise_model`, by default the training noise
+`data.noise` of `data.noise_model`; seeded by (seed, sample) as the baseline's `--noise --noise-model
+--seed`), the noise the run selects its model at. The
 validation samples are those the run selects on: the first `data.n_valid` of the validation split. With
 `model.bcnn.born_lambda` set, that λ is used. The baseline's `--calibrate` (data normalised otherwise than
 γk²) is not offered: generated and port data need none.
@@ -71,14 +72,15 @@ def born_reconstruction(cfg, manifest, val_indices) -> tuple[np.ndarray, dict]:
     F_val = target_val = None
     if b.born_lambda is None or grid_from_manifest(manifest).farfield_sign is None:
         F_val, target_val, idx = load(cfg.data.path, np.asarray(val_indices), target=cfg.data.target)
-        F_val = noisy_far_field(F_val, cfg.data.noise, idx, cfg.seed, cfg.data.noise_model)
+        noise_model, noise = cfg.data.evaluation_noise()
+        F_val = noisy_far_field(F_val, noise, idx, cfg.seed, noise_model)
     inv, sign_source = born_inversion(cfg, manifest, F_val, target_val)
     record = {"norm": b.norm, "selection_metric": inv.selection_metric}
     if b.born_lambda is None:
         lam = inv.fit_lambda(F_val, target_val, inv.lambda_grid(b.lambda_grid))
         errors = inv.val_curve[1]
         record.update(lambda_source="validation", val_error=float(errors.min()), val_count=int(len(F_val)),
-                      noise=cfg.data.noise, noise_model=cfg.data.noise_model, seed=cfg.seed)
+                      noise=noise, noise_model=noise_model, seed=cfg.seed)
     else:
         lam = float(b.born_lambda)
         record["lambda_source"] = "model.bcnn.born_lambda"

@@ -48,6 +48,10 @@ class DataConfig:
         "original's), `complex` (1 + δZ)·F with Z complex standard normal, `additive` F + δ‖F‖/√n·Z; on the "
         "complex far field before any layout transform (`measure` + i·`measure_imag` on Fan's layout, where `fan` "
         "acts on the network input, as the original)")
+    noise_max: float | None = setting(None, help="training split only: each sample's noise level drawn uniformly "
+                                      "from [data.noise, data.noise_max] with its noise (augmentation over levels, "
+                                      "one network for a range of them); null = every sample at data.noise",
+                                      low=0)
     eval_noise: float | None = setting(None, help="validation and test noise level, percent (one fixed draw per "
                                        "sample); null = `data.noise`", low=0)
     eval_noise_model: Literal["fan", "complex", "additive"] | None = setting(
@@ -69,6 +73,8 @@ class DataConfig:
 
     def validate(self):
         check_ranges(self, "data")
+        if self.noise_max is not None and self.noise_max < self.noise:
+            raise ConfigError(f"data.noise_max: {self.noise_max} is below data.noise {self.noise}")
 
     def evaluation_noise(self) -> tuple[str, float]:
         """(model, level) of the validation and test splits: `eval_noise_model` / `eval_noise`, null = the
@@ -80,7 +86,8 @@ class DataConfig:
         """Both noises as a run's results record them: {"train": {model, level, per_epoch}, "eval": {model,
         level}}."""
         model, level = self.evaluation_noise()
-        return {"train": {"model": self.noise_model, "level": self.noise, "per_epoch": self.noise_per_epoch},
+        return {"train": {"model": self.noise_model, "level": self.noise, "level_max": self.noise_max,
+                          "per_epoch": self.noise_per_epoch},
                 "eval": {"model": model, "level": level}}
 
 
@@ -92,7 +99,7 @@ class BCNNConfig:
     convs: int = setting(2, help="convolutions per U-Net level and side", low=1)
     kernel: int = setting(3, help="convolution kernel size (odd)", low=1)
     born_lambda: float | None = setting(None, help="λ of the Born (Tikhonov) layer, absolute; null = chosen on "
-                                        "the validation split at the training noise, as `bcrdist baseline` does",
+                                        "the validation split at its noise (data.eval_noise), as `bcrdist baseline` does",
                                         low=0)
     lambda_grid: int = setting(49, help="λ candidates on validation, log-spaced over σ_max²·[1e-12, 1] (as "
                                "`bcrdist baseline --grid`)", low=2)

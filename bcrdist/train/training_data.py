@@ -7,8 +7,8 @@ N − n_train); validation = the first n_valid test samples, as the original sel
 Model selection uses at most `data.n_valid` samples: the first ones of the validation split; the
 fine-tuning "train" slot uses as many of the first training samples.
 
-Noise (`noise_specs`): the training split gets the training noise (`data.noise_model` at `data.noise`, a fresh
-draw per epoch with `data.noise_per_epoch`; the fine-tuning "train" slot sees its fixed draw);
+Noise (`noise_specs`): the training split gets the training noise (`data.noise_model` at `data.noise`, or at
+a level drawn per sample from [`data.noise`, `data.noise_max`], a fresh draw per epoch with `data.noise_per_epoch`; the fine-tuning "train" slot sees its fixed draw);
 validation and test get the evaluation noise (`data.eval_noise_model` at `data.eval_noise`, null = the
 training noise's), one fixed draw per sample, the draw `bcrdist evaluate` and `bcrdist baseline` make.
 
@@ -156,9 +156,10 @@ def noise_specs(cfg, choice) -> dict[str, Preprocess]:
     common = dict(input=choice.input, target=choice.target, input_imag=choice.input_imag,
                   antipodal=choice.antipodal, normalize_target=d.normalize_output)
     eval_model, eval_level = d.evaluation_noise()
-    return {"train": Preprocess(**common, noise=d.noise, noise_model=d.noise_model,
+    return {"train": Preprocess(**common, noise=d.noise, noise_model=d.noise_model, noise_max=d.noise_max,
                                 noise_fixed=not d.noise_per_epoch),
-            "train_subset": Preprocess(**common, noise=d.noise, noise_model=d.noise_model, noise_fixed=True),
+            "train_subset": Preprocess(**common, noise=d.noise, noise_model=d.noise_model, noise_max=d.noise_max,
+                                       noise_fixed=True),
             "eval": Preprocess(**common, noise=eval_level, noise_model=eval_model, noise_fixed=True)}
 
 
