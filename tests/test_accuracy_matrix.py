@@ -120,9 +120,11 @@ def test_the_section_goes_between_its_markers_and_nothing_else_changes(matrix):
     assert all(len(r.strip("|").split("|")) == 2 + 2 * len(methods) + 1 for r in rows)
     assert all(r.rstrip(" |").endswith(("yes", "no")) for r in rows)
     assert rows[0].startswith("| in distribution") and rows[-1].startswith("| test family shapes, noise 0 | 16 |")
-    # the commands it ran are the ones listed, in order
+    # the commands it ran are the ones listed, in order, the environment's tools by name
     listed = section.split("which ran, in order")[1].split("```")[1].strip().splitlines()
-    assert listed == [line[2:] for line in run_lines(first.stdout)]
+    here = str(Path(sys.executable).absolute().parent) + "/"
+    assert listed == [line[2:].replace(here, "") for line in run_lines(first.stdout)]
+    assert all(line.startswith(("bcrdist ", "mpiexec ", "torchrun ", Path(sys.executable).name + " ")) for line in listed)
     n_steps = 3 + 1 + HAS_ABSORPTION + (len(methods) - 1) + n_rows * len(methods)
     assert len(listed) == n_steps
 

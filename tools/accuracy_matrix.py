@@ -10,16 +10,14 @@ Tikhonov baseline of `bcrdist baseline`, λ chosen on the training data's valida
 levels, the absorption levels (test sets generated from the training config with `--set family.absorption=[α]`,
 another seed) and the out-of-distribution families (generation configs). Every step is one command
 (`bcrdist generate/stats/split/train/evaluate/baseline`; training under `torchrun` when --nproc > 1,
-generation under `mpiexec`), printed before it runs. A step whose output is complete (a data set's manifest,
-its statistics or split files, a run's results.json, an evaluation's metrics.json, a baseline's JSON) is
-skipped, so a rerun after an interruption continues where it stopped (training with `--resume auto`);
-WORK/matrix.json records which command made each output, and a complete output made by another command is
-refused rather than reused. A failed step stops the tool with one line naming the step and its command.
+generation under `mpiexec`), printed before it runs. A step whose output is complete (manifest, statistics,
+split files, results.json, metrics.json, a baseline's JSON) is skipped, so a rerun continues where it stopped
+(training with `--resume auto`); WORK/matrix.json records which command made each output, and a complete
+output made by another command is refused. A failed step stops the tool with one line naming it.
 
 The section lives between `<!-- matrix: NAME -->` and `<!-- /matrix: NAME -->` in the results file and is
 replaced atomically (appended when absent; everything else in the file is kept byte for byte); plots go to
-figures/NAME-{noise,ood,absorption}.png next to it. Exit status: 0 done, 1 a step failed, 2 a bad spec or
-results file.
+figures/NAME-{noise,ood,absorption}.png next to it. Exit: 0 done, 1 a step failed, 2 a bad spec or results file.
 """
 
 from __future__ import annotations
@@ -166,7 +164,6 @@ def load_spec(path: str) -> Spec:
         raise SpecError(str(exc)) from None
 
 
-# ---------------------------------------------------------------------------------------------- the commands
 def launcher(tool: str, *module: str) -> list[str]:
     """`tool` when the one on PATH belongs to this Python's environment, else the one next to this interpreter,
     else `python -m module...` (so the commands printed are exactly the ones run)."""
@@ -177,6 +174,12 @@ def launcher(tool: str, *module: str) -> list[str]:
     if (here / tool).is_file():
         return [str(here / tool)]
     return [sys.executable, "-m", *module]
+
+
+def shown(command: list[str]) -> str:
+    """A command as the results list it: this environment's tools by name (`bcrdist`, `torchrun`, `mpiexec`)."""
+    here = Path(sys.executable).absolute().parent
+    return shlex.join([Path(a).name if Path(a).parent == here and Path(a).is_file() else a for a in command])
 
 
 @dataclasses.dataclass
@@ -333,7 +336,7 @@ def run_steps(matrix: Matrix, dry_run: bool) -> tuple[int, list[str]]:
     for step in matrix.steps:
         command = step.launch + step.args
         text = shlex.join(command)
-        commands.append(text)
+        commands.append(shown(command))
         if step.done():
             ledger.check(step)
             if not dry_run and step.what not in ledger.made:
