@@ -4,16 +4,14 @@
     python tools/accuracy_matrix.py --spec configs/experiments/NAME.yaml [--work DIR] \\
         [--results docs/results.md] [--nproc 2] [--dry-run]
 
-The spec (YAML; every key in `Spec` below) names the training data (a generation config, `--set` overrides and
-the split rule), the methods (BCR-Net and BCNN trained from configs/*.yaml with `--set` overrides; Born, the
-Tikhonov baseline of `bcrdist baseline`, λ chosen on the training data's validation split), the noise model and
-levels, the absorption levels (test sets generated from the training config with `--set family.absorption=[α]`,
-another seed) and the out-of-distribution families (generation configs). Every step is one command
-(`bcrdist generate/stats/split/train/evaluate/baseline`; training under `torchrun` when --nproc > 1,
-generation under `mpiexec`), printed before it runs. A step whose output is complete (manifest, statistics,
-split files, results.json, metrics.json, a baseline's JSON) is skipped, so a rerun continues where it stopped
-(training with `--resume auto`); WORK/matrix.json records which command made each output, and a complete
-output made by another command is refused. A failed step stops the tool with one line naming it.
+The spec (YAML; every key in `Spec` below) names the training data (a generation config, `--set`s, the split
+rule), the methods (BCR-Net and BCNN from configs/*.yaml with `--set`s; Born, `bcrdist baseline` with λ chosen on
+the training data's validation split), the noise model and levels, the absorption levels (test sets generated
+from the training config with `--set family.absorption=[α]`, another seed) and other families (generation
+configs). Every step is one command (`bcrdist generate/stats/split/train/evaluate/baseline`; `torchrun` and
+`mpiexec` when --nproc > 1), printed before it runs. A step whose output is complete (manifest, statistics,
+splits, results.json, metrics.json, a baseline's JSON) is skipped, so a rerun continues where it stopped
+(`--resume auto`); WORK/matrix.json records which command made each output (another one's is refused).
 
 The section lives between `<!-- matrix: NAME -->` and `<!-- /matrix: NAME -->` in the results file and is
 replaced atomically (appended when absent; everything else in the file is kept byte for byte); plots go to
@@ -26,6 +24,7 @@ import argparse
 import dataclasses
 import io
 import json
+import math
 import re
 import shlex
 import shutil
@@ -378,6 +377,7 @@ def collect(matrix: Matrix) -> dict:
                     raise SpecError(f"metrics: {metric!r} is not in {path} (it has {sorted(doc.get('metrics', {}))}; "
                                     f"'weighted' exists on polar targets only)")
                 row[metric] = doc["metrics"][metric]["mean"]
+                row[f"{metric}_se"] = doc["metrics"][metric]["std"] / max(doc["metrics"][metric]["count"], 1) ** 0.5
             row["count"] = doc["metrics"][spec.metrics[0]]["count"]
             if "lambda_relative" in doc:
                 row["lambda_relative"] = doc["lambda_relative"]
@@ -399,18 +399,16 @@ def collect(matrix: Matrix) -> dict:
 
 
 def beats_born(spec: Spec, row: dict[str, dict]) -> str | None:
-    """'yes' when the best network's first metric is below Born's (the best Born method's), 'no' otherwise;
-    None when the spec lacks networks or Born."""
+    """Best network vs best Born on the first metric: 'yes'/'no' below/above by more than two standard errors of
+    the difference (√(se₁² + se₂²), se = std/√count: unpaired, conservative), else 'tie'; None without both."""
     metric = spec.metrics[0]
-    nets = [row[m.name][metric] for m in spec.methods if m.kind in NETWORKS]
-    born = [row[m.name][metric] for m in spec.methods if m.kind == "born"]
+    nets = [row[m.name] for m in spec.methods if m.kind in NETWORKS]
+    born = [row[m.name] for m in spec.methods if m.kind == "born"]
     if not nets or not born:
         return None
-    return "yes" if min(nets) < min(born) else "no"
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f} %"
+    net, ref = min(nets, key=lambda r: r[metric]), min(born, key=lambda r: r[metric])
+    margin = 2 * math.hypot(net[f"{metric}_se"], ref[f"{metric}_se"])
+    return "yes" if net[metric] < ref[metric] - margin else "no" if net[metric] > ref[metric] + margin else "tie"
 
 
 def _mins(seconds) -> str:
@@ -473,13 +471,13 @@ def markdown(matrix: Matrix, facts: dict, commands: list[str], figures: dict[str
     lines += ["", "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for (c, row), verdict in zip(rows, verdicts):
         cells = [c.label, str(row[spec.methods[0].name]["count"])]
-        cells += [_pct(row[m.name][k]) for m in spec.methods for k in spec.metrics]
+        cells += [f"{100 * row[m.name][k]:.1f} %" for m in spec.methods for k in spec.metrics]
         lines.append("| " + " | ".join(cells + ([verdict] if verdict is not None else [])) + " |")
     if verdicts and verdicts[0] is not None:
-        lost = [c.label for (c, _), v in zip(rows, verdicts) if v == "no"]
+        lost = [f"{c.label} ({v})" for (c, _), v in zip(rows, verdicts) if v != "yes"]
         lines += ["", f"Means over the samples of each test set. The best network (lowest {METRICS[spec.metrics[0]]} "
-                  f"error) beats Born in {verdicts.count('yes')} of {len(verdicts)} rows" +
-                  (f"; it does not in: {'; '.join(lost)}." if lost else ".")]
+                  f"error) beats Born by more than two standard errors in {verdicts.count('yes')} of "
+                  f"{len(verdicts)} rows" + (f"; it does not in: {'; '.join(lost)}." if lost else ".")]
     lines += [""] + [f"![{what}]({path})" for what, path in figures.items()]
     if spec.notes.strip():
         lines += ["", spec.notes.strip()]
