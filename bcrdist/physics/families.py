@@ -10,32 +10,11 @@ per shape, so a crowded draw may hold fewer shapes. Sizes and the support radius
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import numpy as np
 
-from bcrdist.physics.scatterers import BASE_COLUMNS, KIND_ELLIPSE, KIND_POLYGON, Scatterer, uniform_in_disk
+from bcrdist.physics.scatterers import BASE_COLUMNS, KIND_ELLIPSE, KIND_POLYGON, Scatterer, placed
 
 SQUARE_VERTICES, U_VERTICES = 4, 8
-
-
-def _placed(rng: np.random.Generator, count: tuple[int, int], circumradius: tuple[float, float], gap: float,
-            support_radius: float, rows_at: Callable[[float, float, float], list[np.ndarray]]) -> list[np.ndarray]:
-    """Rows of up to `count` shapes with circumradii drawn from `circumradius`, each inside the support disk
-    and `gap` away from the others; `rows_at(cx, cy, radius)` draws the rest of a shape and returns its rows."""
-    rows: list[np.ndarray] = []
-    disks: list[tuple[float, float, float]] = []
-    wanted = int(rng.integers(count[0], count[1] + 1))
-    for _ in range(50 * wanted):
-        if len(disks) == wanted:
-            break
-        radius = rng.uniform(*circumradius)
-        cx, cy = uniform_in_disk(rng, support_radius - radius)
-        if any(math.hypot(cx - ox, cy - oy) < radius + orad + gap for ox, oy, orad in disks):
-            continue
-        rows.extend(rows_at(cx, cy, radius))
-        disks.append((cx, cy, radius))
-    return rows
 
 
 def _polygon_row(value: float, cx: float, cy: float, vx: np.ndarray, vy: np.ndarray, angle: float) -> np.ndarray:
@@ -61,7 +40,7 @@ def sample_discs(rng: np.random.Generator, *, count: tuple[int, int], contrast: 
     """Up to `count` non-overlapping discs, radius and η drawn per disc (the study's training family)."""
     def disc(cx, cy, r):
         return [np.array([KIND_ELLIPSE, rng.uniform(*contrast), cx, cy, r, r, 0.0])]
-    return _table("discs", _placed(rng, count, radius, gap, support_radius, disc), BASE_COLUMNS, support_radius)
+    return _table("discs", placed(rng, count, radius, gap, support_radius, disc), BASE_COLUMNS, support_radius)
 
 
 def sample_squares(rng: np.random.Generator, *, count: tuple[int, int], contrast: tuple[float, float],
@@ -74,7 +53,7 @@ def sample_squares(rng: np.random.Generator, *, count: tuple[int, int], contrast
         return [_polygon_row(rng.uniform(*contrast), cx, cy, s * corners[0], s * corners[1],
                              rng.uniform(0, 0.5 * math.pi))]
     circumradii = (side[0] / math.sqrt(2.0), side[1] / math.sqrt(2.0))
-    rows = _placed(rng, count, circumradii, gap, support_radius, square)
+    rows = placed(rng, count, circumradii, gap, support_radius, square)
     return _table("squares", rows, BASE_COLUMNS + 2 * SQUARE_VERTICES, support_radius)
 
 
@@ -96,7 +75,7 @@ def sample_u_shapes(rng: np.random.Generator, *, count: tuple[int, int], contras
         vx, vy = u_polygon(math.sqrt(2.0) * circumradius, rng.uniform(*notch_width), rng.uniform(*notch_depth))
         return [_polygon_row(rng.uniform(*contrast), cx, cy, vx, vy, rng.uniform(0, 2 * math.pi))]
     circumradii = (side[0] / math.sqrt(2.0), side[1] / math.sqrt(2.0))
-    rows = _placed(rng, count, circumradii, gap, support_radius, u_shape)
+    rows = placed(rng, count, circumradii, gap, support_radius, u_shape)
     return _table("u_shapes", rows, BASE_COLUMNS + 2 * U_VERTICES, support_radius)
 
 
@@ -112,5 +91,5 @@ def sample_rings(rng: np.random.Generator, *, count: tuple[int, int], contrast: 
         previous = [0.0] + values[:-1]
         return [np.array([KIND_ELLIPSE, v - p, cx, cy, (nb - j) * r / nb, (nb - j) * r / nb, 0.0])
                 for j, (v, p) in enumerate(zip(values, previous))]
-    rows = _placed(rng, count, radius, gap, support_radius, bullseye)
+    rows = placed(rng, count, radius, gap, support_radius, bullseye)
     return _table("rings", rows, BASE_COLUMNS, support_radius, clip=True)

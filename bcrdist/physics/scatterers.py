@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -154,6 +155,25 @@ def uniform_in_disk(rng: np.random.Generator, radius: float) -> tuple[float, flo
     return r * math.cos(phi), r * math.sin(phi)
 
 
+def placed(rng: np.random.Generator, count: tuple[int, int], circumradius: tuple[float, float], gap: float,
+            support_radius: float, rows_at: Callable[[float, float, float], list[np.ndarray]]) -> list[np.ndarray]:
+    """Rows of up to `count` shapes with circumradii drawn from `circumradius`, each inside the support disk
+    and `gap` away from the others; `rows_at(cx, cy, radius)` draws the rest of a shape and returns its rows."""
+    rows: list[np.ndarray] = []
+    disks: list[tuple[float, float, float]] = []
+    wanted = int(rng.integers(count[0], count[1] + 1))
+    for _ in range(50 * wanted):
+        if len(disks) == wanted:
+            break
+        radius = rng.uniform(*circumradius)
+        cx, cy = uniform_in_disk(rng, support_radius - radius)
+        if any(math.hypot(cx - ox, cy - oy) < radius + orad + gap for ox, oy, orad in disks):
+            continue
+        rows.extend(rows_at(cx, cy, radius))
+        disks.append((cx, cy, radius))
+    return rows
+
+
 def sample_gaussian(rng: np.random.Generator, *, count: tuple[int, int], amplitude: tuple[float, float],
                     width: tuple[float, float], tail_sigmas: float, support_radius: float) -> Scatterer:
     """Sum of `count` Gaussian bumps; widths σ and the support radius in absolute units."""
@@ -176,16 +196,8 @@ def sample_shapes(rng: np.random.Generator, *, count: tuple[int, int], contrast:
     one is redrawn, at most 50 tries per shape, so a crowded draw may hold fewer shapes.
     """
     columns = BASE_COLUMNS + 2 * vertices[1]
-    rows: list[np.ndarray] = []
-    disks: list[tuple[float, float, float]] = []
-    wanted = int(rng.integers(count[0], count[1] + 1))
-    for _ in range(50 * wanted):
-        if len(rows) == wanted:
-            break
-        radius = rng.uniform(*size)
-        cx, cy = uniform_in_disk(rng, support_radius - radius)
-        if any(math.hypot(cx - ox, cy - oy) < radius + orad + gap for ox, oy, orad in disks):
-            continue
+
+    def shape_at(cx: float, cy: float, radius: float) -> list[np.ndarray]:
         row = np.zeros(columns)
         row[1:4] = rng.uniform(*contrast), cx, cy
         if rng.random() < polygon_fraction:
@@ -199,8 +211,9 @@ def sample_shapes(rng: np.random.Generator, *, count: tuple[int, int], contrast:
         else:
             row[0] = KIND_ELLIPSE
             row[4:7] = radius, radius * rng.uniform(0.4, 1.0), rng.uniform(0, math.pi)
-        rows.append(row)
-        disks.append((cx, cy, radius))
+        return [row]
+
+    rows = placed(rng, count, size, gap, support_radius, shape_at)
     return Scatterer("shapes", np.array(rows).reshape(-1, columns), support_radius, clip=False, smooth=False)
 
 
