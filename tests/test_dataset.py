@@ -150,7 +150,7 @@ def test_workers_read_only_their_own_samples(data, monkeypatch):
     per_worker = []
     for worker in range(3):
         requested.clear()
-        yielded = np.concatenate([b["index"].numpy() for b in ds._iter_batches(0, 0, worker, 3)])
+        yielded = np.concatenate([b["index"].numpy() for b in ds.epoch_batches(0, 0, worker, 3)])
         assert np.array_equal(np.sort(np.concatenate(requested)), np.sort(yielded))
         per_worker.append(yielded)
     everything = np.concatenate(per_worker)

@@ -240,17 +240,20 @@ class ShardedDataset(IterableDataset):
 
         The order settings must match. Mid-epoch, a training reader may change world size and batch size as
         long as their product (the global batch) is unchanged; an exact (evaluation) reader may not change
-        them. At an epoch boundary (batch 0) anything goes.
+        them. At an epoch boundary (batch 0) anything goes. A state of only {"epoch", "batch"} (training
+        checkpoints of bcrdist before 0.2 kept the position in the trainer's counters, without the reader's
+        order settings) is taken as a position in this reader's order: only its range is checked.
         """
+        position_only = "version" not in state
         key = self._order_key()
         diff = {k: (state.get(k), v) for k, v in key.items() if state.get(k) != v}
-        if diff:
+        if diff and not position_only:
             raise ConfigError(f"data state does not match this reader (saved, now): {diff}")
         batch = int(state["batch"])
         saved = (state.get("world_size"), state.get("batch_size"))
         same = (saved == (self.world_size, self.batch_size) if self.exact else
                 None not in saved and saved[0] * saved[1] == self.world_size * self.batch_size)
-        if batch and not same:
+        if batch and not same and not position_only:
             raise ConfigError(f"cannot resume mid-epoch with world_size × batch_size = "
                               f"{self.world_size} × {self.batch_size}; the state was saved with "
                               f"{saved[0]} × {saved[1]}")
@@ -260,11 +263,17 @@ class ShardedDataset(IterableDataset):
         self._shared[1] = batch
         self._consumed = batch
 
-    def _take_resume(self) -> int:
+    def take_start(self) -> int:
+        """The batch the next iteration of the current epoch starts at (the pending resume point, then 0): the
+        iterator of an epoch calls it once, and reports its progress with `note_consumed`."""
         start = self._resume
         self._shared[1] = 0
         self._consumed = start
         return start
+
+    def note_consumed(self, batches: int) -> None:
+        """This rank has consumed `batches` batches of the current epoch (what `state_dict` saves)."""
+        self._consumed = int(batches)
 
     # --- reading ------------------------------------------------------------------------------------------
 
@@ -326,8 +335,9 @@ class ShardedDataset(IterableDataset):
             groups[-1].append(order[self.part.positions(i, n)])
         return groups
 
-    def _iter_batches(self, epoch: int, start: int, worker: int, num_workers: int) -> Iterator[dict]:
-        """This process's batches of the epoch (see `_groups`), read one window at a time.
+    def epoch_batches(self, epoch: int, start: int, worker: int = 0, num_workers: int = 1) -> Iterator[dict]:
+        """Batches start + worker, start + worker + num_workers, … of `epoch` for this rank (a worker's share; see
+        `_groups`), read one window at a time.
 
         While a window's batches are handed out, the next window's reads are already announced to the kernel,
         so the device stays busy between windows.
@@ -347,15 +357,15 @@ class ShardedDataset(IterableDataset):
         info = get_worker_info()
         if info is not None:
             # a worker of a plain DataLoader: the main process owns the resume point, so only read it
-            yield from self._iter_batches(self.epoch, self._resume, info.id, info.num_workers)
+            yield from self.epoch_batches(self.epoch, self._resume, info.id, info.num_workers)
             return
-        start = self._take_resume()
-        for k, batch in enumerate(self._iter_batches(self.epoch, start, 0, 1)):
-            self._consumed = start + k + 1
+        start = self.take_start()
+        for k, batch in enumerate(self.epoch_batches(self.epoch, start)):
+            self.note_consumed(start + k + 1)
             yield batch
 
     def loader(self, *, num_workers: int = 0, pin_memory: bool = False, prefetch: int = 2,
-               multiprocessing_context=None) -> "ShardedLoader":
+               multiprocessing_context=None) -> ShardedLoader:
         """A `ShardedLoader` over this data set (see there)."""
         return ShardedLoader(self, num_workers=num_workers, pin_memory=pin_memory, prefetch=prefetch,
                              multiprocessing_context=multiprocessing_context)

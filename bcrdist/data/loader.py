@@ -1,5 +1,10 @@
 """Loading a `ShardedDataset` epoch: a prefetch thread or DataLoader worker processes, pinned memory, and
 an exact resume point.
+
+The loader uses the data set's public iteration protocol only — `epoch`, `take_start()` (where this epoch's
+iteration starts), `epoch_batches(epoch, start, worker, num_workers)` (a worker's batches), `note_consumed(n)`,
+`num_batches`, `state_dict`/`load_state_dict`/`set_epoch` — so it needs no import of the data set's module
+(`bcrdist.data.dataset` imports this one).
 """
 
 from __future__ import annotations
@@ -7,15 +12,12 @@ from __future__ import annotations
 import queue
 import signal
 import threading
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from bcrdist.errors import ConfigError, DataError
-
-if TYPE_CHECKING:
-    from bcrdist.data.dataset import ShardedDataset
 
 
 def ignore_job_signals(_worker_id: int) -> None:
@@ -38,7 +40,7 @@ def worker_message(exc: DataError) -> str:
 class _EpochView(IterableDataset):
     """One epoch of a ShardedDataset from a fixed start, as handed to DataLoader worker processes."""
 
-    def __init__(self, dataset: ShardedDataset, epoch: int, start: int):
+    def __init__(self, dataset, epoch: int, start: int):
         super().__init__()
         self.dataset, self.epoch, self.start = dataset, epoch, start
 
@@ -48,7 +50,7 @@ class _EpochView(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        return self.dataset._iter_batches(self.epoch, self.start, worker, num_workers)
+        return self.dataset.epoch_batches(self.epoch, self.start, worker, num_workers)
 
 
 class _Prefetcher:
@@ -108,7 +110,7 @@ class ShardedLoader:
     GPU (ignored without CUDA). Re-created workers each epoch, so `set_epoch` always reaches them.
     """
 
-    def __init__(self, dataset: ShardedDataset, *, num_workers: int = 0, pin_memory: bool = False,
+    def __init__(self, dataset, *, num_workers: int = 0, pin_memory: bool = False,
                  prefetch: int = 2, multiprocessing_context=None):
         if num_workers < 0 or prefetch < 1:
             raise ConfigError(f"num_workers ({num_workers}) must be ≥ 0 and prefetch ({prefetch}) ≥ 1")
@@ -123,9 +125,9 @@ class ShardedLoader:
 
     def __iter__(self) -> Iterator[dict]:
         ds = self.dataset
-        epoch, start = ds.epoch, ds._take_resume()
+        epoch, start = ds.epoch, ds.take_start()
         if self.num_workers == 0:
-            batches = iter(_Prefetcher(ds._iter_batches(epoch, start, 0, 1), self.prefetch, self.pin_memory))
+            batches = iter(_Prefetcher(ds.epoch_batches(epoch, start), self.prefetch, self.pin_memory))
         else:
             batches = iter(torch.utils.data.DataLoader(
                 _EpochView(ds, epoch, start), batch_size=None, num_workers=self.num_workers,
@@ -133,7 +135,7 @@ class ShardedLoader:
                 multiprocessing_context=self.multiprocessing_context, worker_init_fn=ignore_job_signals))
         try:
             for k, batch in enumerate(batches):
-                ds._consumed = start + k + 1
+                ds.note_consumed(start + k + 1)
                 yield batch
         except DataError as exc:
             raise DataError(worker_message(exc)) from None
