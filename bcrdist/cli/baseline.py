@@ -1,7 +1,9 @@
-"""`bcrdist baseline --data DIR [--split test] [--val-split val] [--noise PERCENT --noise-model M] [--out
-FILE.json]`: the Tikhonov-regularised Born inversion baseline (`bcrdist.train.baseline`) on a split, λ chosen on
-validation under the same noise, for Fan's polar layout and the far-field/image layout (`--k --box [--angles --image-points --image-index --sign]` for a converted file that
-records no grid)."""
+"""`bcrdist baseline --data DIR [--split test] [--val-split val] [--noise PERCENT --noise-model M] [--method
+{tikhonov,lsqr}] [--damp D] [--out FILE.json]`: the Born inversion baseline (`bcrdist.train.baseline`) on a
+split: Tikhonov-regularised (default), λ chosen on validation under the same noise, for Fan's polar layout and
+the far-field/image layout; or the study's damped least squares (`--method lsqr --damp D`, far-field/image
+layout; `--norm`, `--lambda`, `--grid` are Tikhonov's and refused with it, `--calibrate` applies to both)
+(`--k --box [--angles --image-points --image-index --sign]` for a converted file that records no grid)."""
 
 from __future__ import annotations
 
@@ -32,11 +34,17 @@ def add_baseline_arguments(p: argparse.ArgumentParser) -> None:
                    help="seed of the noise draws (default 0; a run's seed gives the draws of its evaluation)")
     p.add_argument("--entries", choices=("farfield", "measure"), default="farfield",
                    help="use all of F (default) or only the even offsets that BCR-Net's `measure` holds")
-    p.add_argument("--norm", choices=("area", "euclidean"), default="area",
-                   help="regulariser: area-weighted L2 norm of η (default) or plain coefficient norm")
+    p.add_argument("--method", choices=("tikhonov", "lsqr"), default="tikhonov",
+                   help="tikhonov: Tikhonov-regularised Born inversion, λ chosen on validation (default); lsqr: the "
+                        "study's damped least squares Re lsqr(A, F, damp) (needs --damp; far-field/image layout)")
+    p.add_argument("--damp", type=float, default=None, metavar="D",
+                   help="damping d of --method lsqr (the study's Born γ = 1: 1; its CNNB: 0.1)")
+    p.add_argument("--norm", choices=("area", "euclidean"), default=None,
+                   help="Tikhonov regulariser: area-weighted L2 norm of η (default) or plain coefficient norm")
     p.add_argument("--lambda", dest="lam", type=float, default=None,
-                   help="use this λ instead of choosing it on the validation split")
-    p.add_argument("--grid", type=int, default=49, help="λ candidates, log-spaced over σ_max²·[1e-12, 1]")
+                   help="Tikhonov: use this λ instead of choosing it on the validation split")
+    p.add_argument("--grid", type=int, default=None,
+                   help="Tikhonov: λ candidates, log-spaced over σ_max²·[1e-12, 1] (default 49)")
     p.add_argument("--out-scale", type=float, default=None,
                    help="PSNR units: divide images by this, as BCR-Net's training units (default: half the "
                         "coe range in --val-data's statistics, as training uses; without statistics, of "
@@ -64,14 +72,17 @@ def add_baseline_arguments(p: argparse.ArgumentParser) -> None:
 def run_baseline(args: argparse.Namespace) -> int:
     options = {"k": args.k, "box": args.box, "angles": args.angles, "image_points": args.image_points,
                "image_index": args.image_index, "sign": None if args.sign == "auto" else int(args.sign)}
-    doc = evaluate_born_baseline(args.data, args.split, args.val_data, args.val_split, args.noise, args.seed, args.entries,
-                                 args.norm, args.lam, args.grid, args.out_scale, args.batch_size, grid_options=options,
-                                 calibrate=args.calibrate, noise_model=args.noise_model)
+    doc = evaluate_born_baseline(args.data, args.split, args.val_data, args.val_split, args.noise, args.seed,
+                                 args.entries, norm=args.norm, lam=args.lam, grid=args.grid, out_scale=args.out_scale,
+                                 batch_size=args.batch_size, grid_options=options, calibrate=args.calibrate,
+                                 noise_model=args.noise_model, method=args.method, damp=args.damp)
     m = doc["metrics"]
     weighted = (f"radius-weighted relative error {m['weighted']['mean']:.4f} (max {m['weighted']['max']:.4f}), "
                 if "weighted" in m else "")
-    summary = (f"{args.split}: {m['rel_l2']['count']} samples, Born baseline (λ = {doc['lambda']:.3g} = "
-               f"{doc['lambda_relative']:.2g}·σ_max²), noise {args.noise:g} % ({args.noise_model}): {weighted}relative L2 "
+    fitted = (f"damped least squares, damp = {doc['damp']:g}" if args.method == "lsqr" else
+              f"λ = {doc['lambda']:.3g} = {doc['lambda_relative']:.2g}·σ_max²")
+    summary = (f"{args.split}: {m['rel_l2']['count']} samples, Born baseline ({fitted}), noise {args.noise:g} % "
+               f"({args.noise_model}): {weighted}relative L2 "
                f"{m['rel_l2']['mean']:.4f}, relative L1 {m['rel_l1']['mean']:.4f}, PSNR {m['psnr']['mean']:.1f} dB "
                f"(pixel max {m['psnr']['pixel_max']:g})")
     text = json.dumps(doc, indent=2)
