@@ -22,6 +22,8 @@ from bcrdist.errors import DataError
 from bcrdist.models import checkpoint as ckpt
 from bcrdist.models.checkpoint import (MODEL_FORMAT, atomic_save, load_checkpoint, load_model, load_model_state,
                                       model_state, remove_stale_temporaries, save_model, strip_prefixes, unwrap)
+from bcrdist.models.bcrnet import BCRNet
+from bcrdist.models.registry import NetworkIO
 from bcrdist.models.scattering import ScatteringModel
 from bcrdist.train.config import TrainConfig
 
@@ -235,7 +237,7 @@ def test_remove_stale_temporaries_catches_real_leftover(tmp_path, monkeypatch):
 # =====================================================================================================
 def _scattering_model():
     torch.manual_seed(0)
-    model = ScatteringModel({"n_input": (16, 16), "n_output": (16, 6), "alpha": 3, "n_cnn": 1, "n_cnn3": 2},
+    model = ScatteringModel(BCRNet(n_input=(16, 16), n_output=(16, 6), alpha=3, n_cnn=1, n_cnn3=2),
                             antipodal=True, use_imag=True)
     model.set_normalization(torch.linspace(-1, 1, 16), torch.linspace(0.5, 2, 16), 3.5)
     return model
@@ -246,7 +248,7 @@ def test_save_model_and_load_model_round_trip(tmp_path):
     path = save_model(tmp_path / "m.pt", FakeDDP(model), config={"seed": 7}, source="test")
     ck = load_checkpoint(path)
     assert ck["format"] == MODEL_FORMAT and ck["version"] == bcrdist.__version__ and ck["source"] == "test"
-    assert ck["model_config"] == model.extra_config()
+    assert ck["model_config"] == model.record()
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in ck["model"])
     loaded, meta = load_model(path, with_meta=True)
     assert meta == {"seed": 7, "config": {"seed": 7}}
@@ -265,7 +267,7 @@ def test_load_model_refuses_a_file_without_model_config(tmp_path):
 
 
 def test_import_keras_writes_the_model_checkpoint_format(tmp_path):
-    """`bcrdist import-keras` builds the network from the config's model section (`ScatteringModel.from_config`)
+    """`bcrdist import-keras` builds the network from the config's model section (`BCRNet.resolve`)
     and writes it with `save_model`: the loaded checkpoint reproduces the Keras model's output."""
     with h5py.File(KERAS / "bcr_wcomp3_io.h5", "r") as f:
         a = {k: int(f.attrs[k]) for k in ("Ns", "Nd", "Nt", "Nr", "alpha", "n_cnn", "n_cnn3", "w_comp")}
@@ -294,12 +296,12 @@ def test_import_keras_one_line_error_for_impossible_sizes(tmp_path, capsys):
     assert not (tmp_path / "m.pt").exists()
 
 
-def test_scattering_model_from_config_uses_the_model_section():
+def test_bcrnet_resolves_the_model_section_and_the_model_records_it():
     cfg = TrainConfig()
     cfg.model.alpha, cfg.model.n_cnn, cfg.model.n_cnn3, cfg.model.w_comp, cfg.model.levels = 3, 2, 2, 3, 2
-    cfg.data.antipodal, cfg.data.use_imag = False, True
-    model = ScatteringModel.from_config(cfg, (16, 8), (16, 6))
-    assert model.extra_config() == {"net": {"n_input": [16, 8], "n_output": [16, 6], "alpha": 3, "n_cnn": 2,
-                                            "n_cnn3": 2, "w_comp": 3, "levels": 2},
-                                    "antipodal": False, "use_imag": True, "input": "measure", "target": "coe",
-                                    "data_input": [16, 8], "data_output": [16, 6]}
+    io = NetworkIO(n_input=(16, 8), n_output=(16, 6), parts="real", target_kind="polar", periodic=True)
+    model = ScatteringModel(BCRNet(**BCRNet.resolve(cfg.model, io)), antipodal=False, use_imag=True)
+    assert model.record() == {"net": {"n_input": [16, 8], "n_output": [16, 6], "alpha": 3, "n_cnn": 2,
+                                      "n_cnn3": 2, "w_comp": 3, "levels": 2},
+                              "antipodal": False, "use_imag": True, "input": "measure", "target": "coe",
+                              "data_input": [16, 8], "data_output": [16, 6], "type": "bcrnet"}

@@ -16,8 +16,7 @@ from bcrdist.config import load_config
 from bcrdist.models.checkpoint import load_checkpoint, load_model
 from bcrdist.train.config import TrainConfig
 from bcrdist.train.state import TRAINING_FORMAT, upgrade_training_state
-from bcrdist.train.trainer import Trainer
-from train_helpers import one_process
+from train_helpers import planned_trainer
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "checkpoint-v1"
 
@@ -38,8 +37,11 @@ def test_old_last_pt_converts_to_the_registry_layout():
     old = load_checkpoint(FIXTURE / "last.pt")
     new = upgrade_training_state(old, FIXTURE / "last.pt")
     assert new["format"] == TRAINING_FORMAT
-    assert {"model", "best_model", "optimizer", "scaler", "progress", "tracker", "data", "rng"} <= set(new)
-    assert new["progress"] == {**old["position"], "lr": old["lr"], "nan_failures": old["nan_failures"]}
+    assert {"model", "best_model", "optimizer", "scaler", "progress", "tracker", "data", "reader", "rng"} <= set(new)
+    position = dict(old["position"])
+    # the batch counter becomes the reader's position: a position-only state
+    assert new["reader"] == {"epoch": position["epoch"], "batch": position.pop("batch")}
+    assert new["progress"] == {**position, "lr": old["lr"], "nan_failures": old["nan_failures"]}
     # the tracker's state only: its configuration comes from the resuming run's config
     assert set(new["tracker"]) == {"best_err", "best_parts", "best_epoch", "best_epoch_update", "history"}
     assert set(new["rng"]) == {"torch"}
@@ -54,7 +56,7 @@ def test_resuming_old_last_pt_reproduces_the_old_resumed_run(tmp_path):
     cfg = load_config(FIXTURE / "config.yaml", TrainConfig,
                       [f"run_dir={run_dir}", f"data.path={tmp_path / 'data'}", "checkpoint.resume=auto",
                        "schedule.max_steps=20", "runtime.device=cpu"])
-    results = Trainer(cfg, one_process()).run()
+    results = planned_trainer(cfg).run()
     expected = json.loads((FIXTURE / "resumed_to_20.json").read_text())
     assert "resumed from" in (run_dir / "train.log").read_text()
     assert results["steps"] == expected["steps"] == 20

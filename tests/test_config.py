@@ -487,7 +487,8 @@ def with_number(tp, bad, position):
     item = [bad if i == position else 1 for i in range(len(numbers(tp)[1]))]
     tp = numbers(tp)[0]
     if typing.get_origin(tp) is list:
-        return [item]
+        listed = typing.get_origin(typing.get_args(tp)[0]) is tuple
+        return [item] if listed else [1, bad]
     return item if typing.get_origin(tp) is tuple else bad
 
 

@@ -21,6 +21,8 @@ from bcrdist.data.generate import generate
 from bcrdist.data.splits import write_splits
 from bcrdist.data.stats import store_statistics
 from bcrdist.metrics import relative_l2
+from bcrdist.models.bcrnet import BCRNet
+from bcrdist.models.registry import NetworkIO
 from bcrdist.models.scattering import ScatteringModel
 from bcrdist.physics.layout import columns_from_samples
 from bcrdist.train.config import TrainConfig
@@ -115,11 +117,18 @@ def test_generated_far_field_data_train_on_both_grids(angles, tmp_path):
     assert np.isfinite(results["errors"]["test"]["rel_l2"]["mean"])
 
 
+def sized_model(cfg, n_input, n_output) -> ScatteringModel:
+    """BCR-Net of `cfg`'s model section resolved for data of these sizes on an endpoint grid."""
+    io = NetworkIO(n_input=n_input, n_output=n_output, parts="real", target_kind="cartesian", periodic=False)
+    return ScatteringModel(BCRNet(**BCRNet.resolve(cfg.model, io)), antipodal=False, use_imag=False,
+                           input="farfield.real", target="image", data_input=n_input, data_output=n_output)
+
+
 def test_pad_to_keeps_the_padding_out_of_the_loss_and_every_metric(converted, tmp_path):
     cfg = TrainConfig()
     cfg.model.alpha, cfg.model.n_cnn, cfg.model.n_cnn3, cfg.model.pad_to = 2, 1, 2, [32, 24]
     cfg.data.antipodal, cfg.data.use_imag = False, False
-    model = ScatteringModel.from_config(cfg, (16, 16), (16, 16))
+    model = sized_model(cfg, (16, 16), (16, 16))
     assert model.net.n_input == (32, 24) and model.net.levels == 3 and model.padded
     with torch.no_grad():
         for conv in model.net.refine:
@@ -158,10 +167,10 @@ def test_pad_to_keeps_the_padding_out_of_the_loss_and_every_metric(converted, tm
 def test_sizes_not_a_multiple_of_2_to_the_levels_use_fewer_levels():
     cfg = TrainConfig()
     cfg.data.antipodal, cfg.data.use_imag = False, False
-    model = ScatteringModel.from_config(cfg, (100, 100), (100, 100))
+    model = sized_model(cfg, (100, 100), (100, 100))
     assert model.net.levels == 2                    # as the port at 100 directions (⌊log2 100⌋ − 4)
     cfg.model.pad_to = [128, 128]
-    assert ScatteringModel.from_config(cfg, (100, 100), (100, 100)).net.levels == 5
+    assert sized_model(cfg, (100, 100), (100, 100)).net.levels == 5
 
 
 @pytest.mark.parametrize("sets, message", [

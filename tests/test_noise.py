@@ -29,11 +29,11 @@ from bcrdist.physics.born import CartesianBornInversion, noisy_far_field
 from bcrdist.metrics import relative_l2
 from bcrdist.train.config import DataConfig, TrainConfig
 from bcrdist.train.run_dir import config_changes
-from bcrdist.train.training_data import build_model, noise_specs, resolve_data
+from bcrdist.train.plan import reader_specs, resolve_data
 from bcrdist.transforms import antipodal, network_input
 from data_helpers import make_reader_dataset
 from generation_helpers import demo_gaussian_config
-from train_helpers import final_weights, make_dataset, write_config
+from train_helpers import final_weights, make_dataset, planned_model, write_config
 
 # the original pipeline's seed streams (per-epoch draw, fixed draw), as literals: `fan` must keep them
 LEGACY_STREAM, LEGACY_FIXED_STREAM = 0x4E4F4953, 0x4E4F4658
@@ -169,7 +169,8 @@ def test_noise_max_reaches_the_training_split_only(reader_data, tmp_path):
     root, _ = reader_data
     cfg = load_config(None, TrainConfig, [f"data.path={root}", "data.input=farfield", "data.use_imag=true",
                                           "data.noise=0", "data.noise_max=100", "data.noise_model=complex"])
-    specs = noise_specs(cfg, resolve_data(cfg, read_manifest(root)))
+    manifest = read_manifest(root)
+    specs = reader_specs(cfg, resolve_data(cfg, manifest), manifest)
     assert specs["train"].noise_max == specs["train_subset"].noise_max == 100 and specs["eval"].noise_max is None
     got = by_index(root, specs["train"], 1, batch_size=8)
     plain = by_index(root, dataclasses.replace(specs["train"], noise_max=None), 1, batch_size=8)
@@ -287,7 +288,7 @@ def farfield_run(tmp_path_factory):
     write_splits(data, 0.5, val=8)
     cfg = load_config(None, TrainConfig, ["seed=7", f"data.path={data}", "data.input=farfield", "data.target=image",
                                           "data.use_imag=true", "model.alpha=2", "model.n_cnn=1", "model.n_cnn3=1"])
-    model = build_model(cfg, resolve_data(cfg, read_manifest(data)))
+    model = planned_model(cfg, data)
     ckpt = save_model(root / "run" / "checkpoints" / "best.pt", model, config=to_dict(cfg))
     return data, ckpt
 

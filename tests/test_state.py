@@ -63,7 +63,7 @@ def test_checkpointer_round_trip_restores_every_part(tmp_path):
     train_steps(model, a["optimizer"].optimizer, 3, seed=1)
     a["best_model"].keep()
     train_steps(model, a["optimizer"].optimizer, 2, seed=2)
-    a["progress"].load_state_dict({"stage": 2, "epoch": 5, "batch": 3, "step": 40, "stage_started": True,
+    a["progress"].load_state_dict({"stage": 2, "epoch": 5, "step": 40, "stage_started": True,
                                    "lr": 3e-4, "nan_failures": 1})
     a["tracker"].compare_with_best(4, 0.5, 0.6)
     a["counter"].n = 11

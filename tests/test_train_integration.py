@@ -17,8 +17,8 @@ import torch
 
 import bcrdist
 from bcrdist.models.checkpoint import load_checkpoint
-from train_helpers import (BIN, ROOT, assert_same_weights, bcrdist as run_bcrdist, clean_env, final_weights,
-                           make_dataset, torchrun, write_config)
+from train_helpers import (BIN, ROOT, assert_same_weights, bcrdist as run_bcrdist, bcrnet_model, clean_env,
+                           final_weights, kill_training_at_step, make_dataset, torchrun, write_config)
 
 
 @pytest.fixture(scope="module")
@@ -101,17 +101,7 @@ def test_sigkill_and_resume_auto_equals_uninterrupted(data, tmp_path):
     part = write_config(tmp_path / "part.yaml", data, tmp_path / "part", schedule=sched,
                         checkpoint={"every_steps": 4})
     run_bcrdist("train", "--config", str(full))
-    proc = subprocess.Popen([sys.executable, "-m", "bcrdist", "train", "--config", str(part)], cwd=ROOT,
-                            env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = tmp_path / "part/checkpoints/last.pt"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if last.is_file() and load_checkpoint(last)["progress"]["step"] >= 8:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = load_checkpoint(last)["progress"]
+    killed_at = kill_training_at_step(part, tmp_path / "part", 8)
     assert killed_at["step"] < 60, "the run finished before it was killed"
     run_bcrdist("train", "--config", str(part), "--resume", "auto")
     assert "resumed from" in (tmp_path / "part/train.log").read_text()
@@ -170,11 +160,8 @@ def test_malformed_yaml_names_the_file(tmp_path):
 
 
 def test_bf16_autocast_and_compile_match_fp32_eager(data, tmp_path):
-    from bcrdist.models.scattering import ScatteringModel
-
     torch.manual_seed(0)
-    net = {"n_input": (16, 8), "n_output": (16, 6), "alpha": 3, "n_cnn": 1, "n_cnn3": 2}
-    model = ScatteringModel(net)
+    model = bcrnet_model({"n_input": (16, 8), "n_output": (16, 6), "alpha": 3, "n_cnn": 1, "n_cnn3": 2})
     x = torch.randn(4, 16, 8)
     with torch.no_grad():
         ref = model(x)

@@ -17,7 +17,7 @@ from bcrdist.errors import DataError
 from bcrdist.models.checkpoint import load_checkpoint
 from bcrdist.train.config import TrainConfig
 from bcrdist.train.trainer import Trainer, TrainingDiverged
-from train_helpers import make_dataset, one_process, write_config
+from train_helpers import make_dataset, planned_trainer, write_config
 
 SHORT = {"max_steps": 7, "pretrain_stages": [[1, 1.0]], "finetune": False, "patience": 10,
          "rel_threshold": 1e-3}
@@ -25,7 +25,7 @@ SHORT = {"max_steps": 7, "pretrain_stages": [[1, 1.0]], "finetune": False, "pati
 
 
 def trainer(path: Path, *overrides: str) -> Trainer:
-    return Trainer(load_config(path, TrainConfig, list(overrides)), one_process())
+    return planned_trainer(load_config(path, TrainConfig, list(overrides)))
 
 
 @pytest.fixture(scope="module")

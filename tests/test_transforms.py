@@ -11,6 +11,7 @@ import torch
 from bcrdist import transforms
 from bcrdist.data.format import read_manifest
 from bcrdist.data.preprocess import Preprocess, Preprocessor
+from bcrdist.models.bcrnet import BCRNet
 from bcrdist.models.scattering import ScatteringModel
 from bcrdist.transforms import network_input, network_input_shape
 from train_helpers import make_dataset
@@ -122,8 +123,8 @@ def test_training_batches_and_inference_assemble_the_same_input(tmp_path, use_im
            "measure_imag": rng.standard_normal((4, 16, 8)).astype(np.float32),
            "coe": rng.standard_normal((4, 16, 6)).astype(np.float32)}
     batch = Preprocessor(spec, manifest)(raw, np.arange(4), seed=0, epoch=0)
-    model = ScatteringModel({"n_input": network_input_shape((16, 8), use_imag), "n_output": (16, 6), "alpha": 2,
-                             "n_cnn": 1, "n_cnn3": 1}, antipodal=True, use_imag=use_imag)
+    model = ScatteringModel(BCRNet(n_input=network_input_shape((16, 8), use_imag), n_output=(16, 6), alpha=2,
+                                   n_cnn=1, n_cnn3=1), antipodal=True, use_imag=use_imag)
     x = model.preprocess(raw["measure"], raw["measure_imag"] if use_imag else None)
     assert x.dtype == batch["input"].dtype == torch.float32
     assert torch.equal(x, batch["input"])

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
-from bcrdist.data.format import write_manifest, write_shard
+from bcrdist.data.format import read_manifest, write_manifest, write_shard
 from bcrdist.distributed.launch_env import LaunchEnv
 from bcrdist.distributed.process_group import DistContext
 from bcrdist.data.splits import write_splits
 from bcrdist.data.stats import store_statistics
+from bcrdist.models.bcrnet import BCRNet
 from bcrdist.models.checkpoint import load_checkpoint
+from bcrdist.models.scattering import ScatteringModel
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -69,7 +73,7 @@ def final_weights(run_dir: Path) -> dict:
 
 def assert_same_weights(a: dict, b: dict, atol: float) -> None:
     assert a.keys() == b.keys()
-    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+    worst = max(float((a[k].to(torch.complex128) - b[k].to(torch.complex128)).abs().max()) for k in a)
     assert worst <= atol, f"weights differ by {worst}"
 
 
@@ -103,3 +107,46 @@ def torchrun(nproc: int, *args: str, **kwargs) -> subprocess.CompletedProcess:
 def one_process() -> DistContext:
     """The context of a single CPU process (what `init_distributed` returns without a launcher)."""
     return DistContext(LaunchEnv("single", 0, 1, 0), torch.device("cpu"))
+
+
+def bcrnet_model(net: dict, **kwargs) -> ScatteringModel:
+    """A ScatteringModel over BCR-Net of constructor arguments `net` (`kwargs`: the model's data fields)."""
+    return ScatteringModel(BCRNet(**net), **kwargs)
+
+
+def planned_model(cfg, data_dir, world_size: int = 1) -> ScatteringModel:
+    """The model the run plan of training config `cfg` on the data set `data_dir` builds, before any fit to the
+    data or normalisation."""
+    from bcrdist.train.model_setup import model_from_plan
+    from bcrdist.train.plan import make_plan
+
+    return model_from_plan(make_plan(cfg, read_manifest(data_dir), world_size).model)
+
+
+def kill_training_at_step(config: Path, run_dir: Path, step: int, timeout: float = 120) -> dict:
+    """Start `bcrdist train --config CONFIG`, SIGKILL it once its last.pt holds at least `step` steps, and return
+    that checkpoint's progress (what a resume starts from); AssertionError if the run ends first."""
+    proc = subprocess.Popen([sys.executable, "-m", "bcrdist", "train", "--config", str(config)], cwd=ROOT,
+                            env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run_dir / "checkpoints" / "last.pt"
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if last.is_file() and load_checkpoint(last)["progress"]["step"] >= step:
+                break
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (run_dir / "results.json").exists(), "the run finished before it was killed"
+    return load_checkpoint(last)["progress"]
+
+
+def planned_trainer(cfg, ctx: DistContext | None = None):
+    """The Trainer of `cfg` in this process, built from its run plan as `bcrdist.train.trainer.train` builds it
+    (without claiming the run directory)."""
+    from bcrdist.train.plan import make_plan
+    from bcrdist.train.trainer import Trainer
+
+    ctx = ctx or one_process()
+    return Trainer(cfg, ctx, make_plan(cfg, read_manifest(cfg.data.path), ctx.world_size))

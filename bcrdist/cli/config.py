@@ -1,5 +1,6 @@
 """`bcrdist config keys [PREFIX] [--data]`: every config key with its type, default and one-line meaning
 (the training config, or with `--data` the data-generation config of `bcrdist generate`);
+`bcrdist config networks`: the registered networks (`model.type`), their config sections and what they read;
 `bcrdist config reference [--write PATH | --check PATH]`: the key tables of docs/configuration.md, made from
 the same declarations (`bcrdist.config.setting`)."""
 
@@ -30,6 +31,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                       help="only the keys starting with PREFIX, e.g. schedule or data.no")
     keys.add_argument("--data", action="store_true",
                       help="the data-generation config (bcrdist generate) instead of the training config")
+    sub.add_parser("networks", help="list the registered networks (model.type)",
+                   description="List the networks model.type can name: their config section, the input they need, "
+                               "the targets they predict, and a one-line summary.")
     ref = sub.add_parser("reference", help="the key tables of docs/configuration.md",
                          description="Print the key tables of docs/configuration.md, or rewrite/check them in a "
                                      "file between its <!-- keys:NAME --> and <!-- /keys:NAME --> lines.")
@@ -95,5 +99,20 @@ def _reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def _networks(args: argparse.Namespace) -> int:
+    from bcrdist.models import network_class, network_names
+
+    rows = []
+    for name in network_names():
+        cls = network_class(name)
+        section = ("model" if cls.config_section == "" else
+                   f"model.{cls.config_section}" if cls.config_section else "model.options")
+        rows.append((name, section, f"input {cls.input_parts}", "/".join(cls.targets), cls.summary))
+    width = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(f"{cell:<{w}}" for cell, w in zip(row, width)) + "  " + row[4])
+    return 0
+
+
 def run_config(args: argparse.Namespace) -> int:
-    return _keys(args) if args.action == "keys" else _reference(args)
+    return {"keys": _keys, "networks": _networks, "reference": _reference}[args.action](args)

@@ -14,7 +14,9 @@ from bcrdist.config import load_config, to_dict
 from bcrdist.errors import BcrdistError, ConfigError
 from bcrdist.fileio import one_line
 from bcrdist.models.checkpoint import save_model
+from bcrdist.models.bcrnet import BCRNet
 from bcrdist.models.keras import load_keras_weights
+from bcrdist.models.registry import NetworkIO, network_class
 from bcrdist.models.scattering import ScatteringModel
 from bcrdist.train.config import TrainConfig
 from bcrdist.transforms import network_input_shape
@@ -44,10 +46,14 @@ def run_import_keras(args: argparse.Namespace) -> int:
             raise ConfigError(f"{manifest.path}: no dataset {exc} to size the network; pass --input-shape "
                               "and --output-shape") from None
         n_input = network_input_shape(n_input, cfg.data.use_imag)
-    try:
-        model = ScatteringModel.from_config(cfg, n_input, n_output)
-    except ValueError as exc:
-        raise ConfigError(f"model: {exc} (input {tuple(n_input)}, output {tuple(n_output)})") from None
+    if network_class(cfg.model.type) is not BCRNet:
+        raise ConfigError(f"{args.config}: model.type: Keras weights are the original BCR-Net's; got "
+                          f"{cfg.model.type!r}")
+    # the original's layout: periodic angles, polar target
+    io = NetworkIO(n_input=tuple(n_input), n_output=tuple(n_output), parts="real", target_kind="polar", periodic=True)
+    net = BCRNet(**BCRNet.resolve(cfg.model, io))
+    model = ScatteringModel(net, antipodal=bool(cfg.data.antipodal), use_imag=bool(cfg.data.use_imag),
+                            input=cfg.data.input, target=cfg.data.target, data_input=n_input, data_output=n_output)
     load_keras_weights(model.net, args.weights)
     model.out_scale.fill_(args.output_scale)
     try:

@@ -1,14 +1,14 @@
 """BCNN: the Born (Tikhonov) reconstruction as a fixed, differentiable first layer, then a trainable CNN
-post-correction on the image grid (the "Born, then a network" hybrid of Desai, Ma, Lähivaara, Monk,
-arXiv 2503.01596).
+post-correction on the image grid — bcrdist's own "Born, then a network" hybrid (`model.type: bcnn`; the
+study's BCNN, a CNN on the far field added to the damped Born image, is `model.type: study_bcnn`).
 
-`BornLayer` is one dense real matrix M (n_pixels, 2·n_entries), a buffer (it travels in the state dict and
-is never a parameter): M @ concat(Re F.ravel(), Im F.ravel()) is the Tikhonov estimate η_λ of
-`bcrdist.physics.born` at the run's λ (`reconstruction_matrix`; chosen and set by
-`bcrdist.train.born_layer`). It reads the network input as the pipeline hands it — Re F and Im F
-concatenated along the detector axis, (B, n_obs, 2·n_inc), normalised per channel by the ScatteringModel —
-undoes that normalisation so that M sees raw F, and returns the image in training units (divided by the
-output scale). It runs in float32 even under autocast: a bf16 product would cost the estimate its third digit.
+The Born layer is `bcrdist.models.born_layers.BornReconstruction`: the Tikhonov estimate η_λ of
+`bcrdist.physics.born` on the data set's grid, λ chosen on the validation split at its noise by the run's one
+Born fit (`bcrdist.train.born_fit`, as `bcrdist baseline` chooses it) or `model.bcnn.born_lambda`. It is stored
+by its definition (grid, λ, norm; `config()["born"]`) and rebuilt on load, never as a matrix. It reads the
+network input as the pipeline hands it — Re F and Im F concatenated along the detector axis, (B, n_obs, 2·n_inc),
+normalised per channel by the ScatteringModel — undoes that normalisation (`Units`), and returns the image in
+network units. It runs in float32 even under autocast: a bf16 product would cost the estimate its third digit.
 
 `PostCorrection` is a residual U-Net on (B, 1, H, W): `depth` poolings by 2, `channels`·2^level channels per
 level, `convs` convolutions of `kernel`² (ReLU) per level and side, skip connections by concatenation, and a
@@ -24,46 +24,39 @@ errors equal the output's.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bcrdist.config import check_ranges, setting
+from bcrdist.errors import ConfigError
+from bcrdist.models.born_layers import BORN_PRECISION, BornReconstruction
+from bcrdist.models.registry import Network, NetworkIO, Units
+from bcrdist.physics.born_definition import BornDefinition
 
-class BornLayer(nn.Module):
-    """Normalised network input x (B, n_obs, 2·n_inc) → Born–Tikhonov image (B, H, W) in training units.
 
-    `matrix` (H·W, 2·n_obs·n_inc) float32 and `lam` (the λ it was computed at, float64) are buffers, zero until
-    `set_matrix`.
-    """
+@dataclass
+class BCNNConfig:
+    channels: int = setting(32, help="channels of the post-correction U-Net's first level (doubled at each "
+                            "level below)", low=1)
+    depth: int = setting(3, help="poolings by 2 of the U-Net (0: a plain residual conv stack)", low=0)
+    convs: int = setting(2, help="convolutions per U-Net level and side", low=1)
+    kernel: int = setting(3, help="convolution kernel size (odd)", low=1)
+    born_lambda: float | None = setting(None, help="λ of the Born (Tikhonov) layer, absolute; null = chosen on "
+                                        "the validation split at its noise (data.eval_noise), as `bcrdist baseline` does",
+                                        low=0)
+    lambda_grid: int = setting(49, help="λ candidates on validation, log-spaced over σ_max²·[1e-12, 1] (as "
+                               "`bcrdist baseline --grid`)", low=2)
+    norm: Literal["area", "euclidean"] = setting("area", help="the Tikhonov regulariser: area-weighted L2 norm of "
+                                                 "η, or the plain coefficient norm (as `bcrdist baseline --norm`)")
 
-    def __init__(self, n_input, n_output):
-        super().__init__()
-        self.n_input = tuple(int(v) for v in n_input)
-        self.n_output = tuple(int(v) for v in n_output)
-        if self.n_input[1] % 2:
-            raise ValueError(f"BornLayer: the input {self.n_input} must hold Re F and Im F (an even last axis)")
-        n_pixels = self.n_output[0] * self.n_output[1]
-        self.register_buffer("matrix", torch.zeros(n_pixels, self.n_input[0] * self.n_input[1]))
-        self.register_buffer("lam", torch.zeros((), dtype=torch.float64))
-
-    def set_matrix(self, matrix, lam: float) -> None:
-        """Set M (H·W, 2·n_obs·n_inc), columns [Re F.ravel(), Im F.ravel()] as `reconstruction_matrix`, at λ."""
-        matrix = torch.as_tensor(matrix)
-        if tuple(matrix.shape) != tuple(self.matrix.shape):
-            raise ValueError(f"BornLayer: matrix of shape {tuple(matrix.shape)}, expected {tuple(self.matrix.shape)}")
-        self.matrix.copy_(matrix.to(self.matrix.dtype))
-        self.lam.fill_(float(lam))
-
-    def forward(self, x: torch.Tensor, in_shift: torch.Tensor, in_scale: torch.Tensor,
-                out_scale: torch.Tensor) -> torch.Tensor:
-        """x (B, n_obs, 2·n_inc) normalised as (raw − in_shift)/in_scale (per channel, (2·n_inc,)) → η_λ / out_scale
-        (B, H, W)."""
-        with torch.autocast(x.device.type, enabled=False):
-            raw = x.float() * in_scale.float() + in_shift.float()             # [Re F | Im F] per observation
-            b, n_obs, width = raw.shape
-            parts = raw.reshape(b, n_obs, 2, width // 2).transpose(1, 2).reshape(b, -1)   # [Re F.ravel(), Im F.ravel()]
-            eta = parts @ self.matrix.t()
-            return (eta / out_scale.float()).reshape(b, *self.n_output)
+    def validate(self):
+        check_ranges(self, "model.bcnn")
+        if self.kernel % 2 == 0:
+            raise ConfigError(f"model.bcnn.kernel: must be odd, got {self.kernel}")
 
 
 class PaddedConv(nn.Module):
@@ -119,30 +112,57 @@ class PostCorrection(nn.Module):
         return self.out(x)
 
 
-class BCNN(nn.Module):
-    """BCNN: network input (B, n_obs, 2·n_inc) (normalised) → image (B, H, W) in training units, born +
-    post(born). `n_input`/`n_output` as BCR-Net's; `periodic_rows` for a polar target."""
+class BCNN(Network):
+    """BCNN: network input (B, n_obs, 2·n_inc) (normalised) → image (B, H, W) in network units, born +
+    post(born). `n_input`/`n_output` as BCR-Net's; `periodic_rows` for a polar target; `born` the Born layer's
+    definition (`BornDefinition.to_record()`, None until the run's Born fit sets it)."""
+
+    summary = "BCNN: the Born–Tikhonov image (λ fitted on validation) as a fixed layer, then a residual U-Net"
+    config_class = BCNNConfig
+    config_section = "bcnn"
+    input_parts = "complex"
+    uses_units = True
 
     def __init__(self, n_input, n_output, channels: int = 32, depth: int = 3, convs: int = 2, kernel: int = 3,
-                 periodic_rows: bool = False):
+                 periodic_rows: bool = False, born: dict | None = None):
         super().__init__()
         self.n_input = tuple(int(v) for v in n_input)
         self.n_output = tuple(int(v) for v in n_output)
         self.channels, self.depth, self.convs, self.kernel = int(channels), int(depth), int(convs), int(kernel)
         self.periodic_rows = bool(periodic_rows)
-        self.born = BornLayer(self.n_input, self.n_output)
+        self.born = BornReconstruction(self.n_input, self.n_output, precision=BORN_PRECISION)
+        if born is not None:
+            self.born.set_definition(BornDefinition.from_record(born, "model_config.net.born"))
         self.post = PostCorrection(self.channels, self.depth, self.convs, self.kernel, self.periodic_rows)
 
-    def forward(self, x: torch.Tensor, units, return_aux: bool = False):
-        """x (B, n_obs, 2·n_inc) normalised; units = (in_shift, in_scale, out_scale) of the ScatteringModel →
-        (B, H, W) [and the same tensor as the auxiliary head]."""
+    @classmethod
+    def resolve(cls, section: BCNNConfig, io: NetworkIO) -> dict:
+        return {"n_input": list(io.n_input), "n_output": list(io.n_output), "channels": section.channels,
+                "depth": section.depth, "convs": section.convs, "kernel": section.kernel,
+                "periodic_rows": io.target_kind == "polar"}
+
+    @classmethod
+    def born_request(cls, section: BCNNConfig, config: dict) -> dict:
+        return {"method": "tikhonov", "norm": section.norm, "lam": section.born_lambda,
+                "lambda_grid": section.lambda_grid,
+                "keys": {"norm": "model.bcnn.norm", "lam": "model.bcnn.born_lambda",
+                         "lambda_grid": "model.bcnn.lambda_grid"}}
+
+    def set_born(self, definition: BornDefinition, record: dict) -> None:
+        self.born.set_definition(definition)
+        self.keep_fit_record(record)
+
+    def forward(self, x: torch.Tensor, return_aux: bool = False, units: Units | None = None):
+        """x (B, n_obs, 2·n_inc) normalised; `units` the model's normalisation → (B, H, W) [and the same
+        tensor as the auxiliary head]."""
         if x.dim() != 3 or tuple(x.shape[1:]) != self.n_input:
             raise ValueError(f"BCNN: expected input (B, {self.n_input[0]}, {self.n_input[1]}), got {tuple(x.shape)}")
-        born = self.born(x, *units).unsqueeze(1)                               # (B, 1, H, W)
+        born = units.from_eta(self.born(units.raw_input(x))).unsqueeze(1)         # (B, 1, H, W)
         out = (born + self.post(born)).squeeze(1)
         return (out, out) if return_aux else out
 
     def config(self) -> dict:
         """The constructor arguments (plain values, as checkpoints store them)."""
         return {"n_input": list(self.n_input), "n_output": list(self.n_output), "channels": self.channels,
-                "depth": self.depth, "convs": self.convs, "kernel": self.kernel, "periodic_rows": self.periodic_rows}
+                "depth": self.depth, "convs": self.convs, "kernel": self.kernel, "periodic_rows": self.periodic_rows,
+                "born": self.born.spec()}

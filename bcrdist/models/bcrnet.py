@@ -29,9 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bcrdist.errors import ConfigError
 from bcrdist.mnn.arguments import check_bc_padding, check_positive, glorot_uniform_
 from bcrdist.mnn.conv import CNNK1D
 from bcrdist.mnn.wavelet import InvWaveLetC1D, WaveLetC1D
+from bcrdist.models.registry import Network, NetworkIO
 
 WAVELET_SUPPORT = 6
 BAND_WIDTH = 5
@@ -41,6 +43,25 @@ REFINE_CHANNELS = 4
 def default_levels(ns: int) -> int:
     """The original's number of levels: ⌊log2 Ns⌋ − 2."""
     return int(math.floor(math.log2(ns))) - 2
+
+
+def resolve_levels(ns: int, levels: int | None, padded: bool) -> int:
+    """Wavelet levels for an angle axis of Ns: `levels` when Ns is divisible by 2^levels; null = ⌊log2 Ns⌋ − 2
+    (the original's), lowered until 2^L divides Ns (100 → 2, as the port). ConfigError naming `model.levels`
+    (or `model.pad_to`) for a size BCR-Net cannot take."""
+    where = "model.pad_to" if padded else "model.levels"
+    if levels is not None:
+        if ns % 2 ** levels:
+            raise ConfigError(f"{where}: Ns={ns} is not divisible by 2^levels = {2 ** levels}; lower model.levels "
+                              f"or set model.pad_to to a multiple of {2 ** levels}")
+        return levels
+    level = default_levels(ns)
+    while level >= 1 and ns % 2 ** level:
+        level -= 1
+    if level < 1:
+        raise ConfigError(f"{where}: Ns={ns} is odd, BCR-Net needs an angle axis divisible by 2 at least; set "
+                          f"model.pad_to to an even size (e.g. [{-(-ns // 4) * 4}, W])")
+    return level
 
 
 def channels_last_kernel(weight: torch.Tensor) -> torch.Tensor:
@@ -67,8 +88,14 @@ class RefineConv2d(nn.Conv2d):
         nn.init.zeros_(self.bias)
 
 
-class BCRNet(nn.Module):
-    """BCR-Net: (B, Ns, Nd) → (B, Nt, Nr); see the module docstring for the architecture."""
+class BCRNet(Network):
+    """BCR-Net: (B, Ns, Nd) → (B, Nt, Nr); see the module docstring for the architecture.
+
+    As a registered network (`model.type: bcrnet`) its keys are those of the `model` section itself
+    (`model.alpha`, `model.n_cnn`, …, `model.pad_to`, `model.bc_padding`)."""
+
+    summary = "BCR-Net (Fan & Ying): wavelet-domain band-matrix layers on the angle axis, then a 2D refinement"
+    config_section = ""
 
     def __init__(self, n_input=(160, 80), n_output=(160, 80), alpha: int = 40, n_cnn: int = 6, n_cnn3: int = 5,
                  w_comp: int = 1, levels: int | None = None, bc_padding: str = "period"):
@@ -114,14 +141,28 @@ class BCRNet(nn.Module):
         self.refine = nn.ModuleList(RefineConv2d(chans[i], chans[i + 1]) for i in range(n_cnn3))
 
     @classmethod
-    def from_config(cls, model_cfg, n_input, n_output, bc_padding: str = "period") -> BCRNet:
-        """BCR-Net of a training config's `model` section (alpha, n_cnn, n_cnn3, w_comp, levels) for inputs
-        (B, Ns, Nd) and outputs (B, Nt, Nr), with the resolved `model.bc_padding` ('period' or 'zero'; the
-        config's 'auto' is resolved from the data's grid by the caller): the one place that turns the config
-        into constructor arguments."""
-        return cls(n_input=tuple(n_input), n_output=tuple(n_output), alpha=model_cfg.alpha, n_cnn=model_cfg.n_cnn,
-                   n_cnn3=model_cfg.n_cnn3, w_comp=model_cfg.w_comp, levels=model_cfg.levels,
-                   bc_padding=bc_padding)
+    def resolve(cls, section, io: NetworkIO) -> dict:
+        """Constructor arguments from a training config's `model` section (alpha, n_cnn, n_cnn3, w_comp, levels,
+        pad_to, bc_padding) for the data `io`: the network's sizes are the data's, or `model.pad_to` (the
+        model pads the input and crops the output); the levels are resolved for the angle axis
+        (`resolve_levels`), `bc_padding: auto` from the grid (period on periodic angles, zero otherwise)."""
+        n_input, n_output = tuple(io.n_input), tuple(io.n_output)
+        if n_input[0] != n_output[0]:
+            raise ConfigError(f"model.type: BCR-Net maps the input's angle axis to the target's; input {n_input[0]}"
+                              f"×{n_input[1]} and target {n_output[0]}×{n_output[1]} have different first axes")
+        if section.pad_to is not None:
+            h, w = (int(v) for v in section.pad_to)
+            if max(n_input[0], n_output[0]) > h or max(n_input[1], n_output[1]) > w:
+                raise ConfigError(f"model.pad_to: {[h, w]} is smaller than the data (input {n_input[0]}×{n_input[1]}, "
+                                  f"target {n_output[0]}×{n_output[1]}); give [H, W] at least their size")
+            n_input, n_output = (h, w), (h, w)
+        bc = section.bc_padding if section.bc_padding != "auto" else ("period" if io.periodic else "zero")
+        config = {"n_input": list(n_input), "n_output": list(n_output), "alpha": section.alpha,
+                  "n_cnn": section.n_cnn, "n_cnn3": section.n_cnn3, "w_comp": section.w_comp,
+                  "levels": resolve_levels(n_input[0], section.levels, section.pad_to is not None)}
+        if bc != "period":
+            config["bc_padding"] = bc
+        return config
 
     def forward(self, x: torch.Tensor, return_aux: bool = False):
         """x (B, Ns, Nd) → η (B, Nt, Nr); with `return_aux` also the auxiliary head (B, Nt, Nr)."""

@@ -9,9 +9,9 @@ A trained model with its preprocessing, from a checkpoint, in two lines:
 A checkpoint is a dict of tensors and plain Python values (no pickled objects), so `weights_only=True`
 loads it. Model state dicts are stored without DDP (`module.`) or torch.compile (`_orig_mod.`) prefixes.
 A model checkpoint (`best.pt`, `bcrdist import-keras`) holds {"format": MODEL_FORMAT, "version", "model":
-weights and normalisation buffers (BCNN's: also its Born matrix and λ), "model_config":
-`ScatteringModel.extra_config()` (its `type`, absent for BCR-Net, says which network to rebuild), and what
-the writer adds (the training config, …)}. `load_model` reads it, and any checkpoint with those two keys: the training state
+weights and normalisation buffers (a Born layer's tensors are not among them: they are rebuilt from its
+definition), "model_config": `ScatteringModel.record()` (its `type`, the registered network to rebuild, absent
+in checkpoints of BCR-Net written before the registry), and what the writer adds (the training config, …)}. `load_model` reads it, and any checkpoint with those two keys: the training state
 `last.pt` and the 0.1 format ("bcrdist-checkpoint-1") of both files.
 """
 
@@ -93,16 +93,16 @@ def save_model(path: str | Path, model: nn.Module, **meta) -> Path:
     atomically, with the plain values `meta` (e.g. config=…, source=…); call it on one rank only."""
     inner = unwrap(model)
     return atomic_save({"format": MODEL_FORMAT, "version": __version__, "model": model_state(inner),
-                        "model_config": inner.extra_config(), **meta}, path)
+                        "model_config": inner.record(), **meta}, path)
 
 
 def load_model(checkpoint, device="cpu", with_meta: bool = False):
-    """A `ScatteringModel` (BCR-Net or BCNN, as `model_config` records) in eval mode with the weights and
+    """A `ScatteringModel` (the registered network `model_config` records) in eval mode with the weights and
     normalisation stored in `checkpoint` (with `with_meta` also {"seed", "config"} of the run that wrote it)."""
     ck = load_checkpoint(checkpoint)
     if "model_config" not in ck or "model" not in ck:
         raise DataError(f"{checkpoint}: not a bcrdist model checkpoint (no model_config/model)")
-    model = ScatteringModel.from_extra_config(ck["model_config"])
+    model = ScatteringModel.from_record(ck["model_config"], f"{checkpoint}: model_config")
     load_model_state(model, ck["model"])
     model.to(device).eval()
     if with_meta:

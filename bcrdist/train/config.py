@@ -13,6 +13,10 @@ from typing import Literal
 
 from bcrdist.config import Range, check_ranges, section, setting
 from bcrdist.errors import ConfigError
+from bcrdist.models import network_class
+from bcrdist.models.bcnn import BCNNConfig
+from bcrdist.models.nio import NIOConfig
+from bcrdist.models.study_cnn import CNNBConfig, CNNConfig, StudyBCNNConfig
 
 # np.random.seed (seeded with the run's seed, with torch and random) takes [0, 2**32 − 1]
 SEED_LIMIT = 2**32 - 1
@@ -68,6 +72,10 @@ class DataConfig:
                                 "deviation)")
     normalize_output: bool = setting(True, help="divide targets by half their range over the data set (the "
                                      "original's output scaling; stored in the checkpoint)")
+    normalization: Literal["rms", "minmax"] = setting(
+        "rms", help="`rms`: bcrdist's (inputs as data.normalize_input, targets as data.normalize_output); `minmax`: "
+        "the study's, Re and Im of the input each mapped from [min, max] of the first training samples to "
+        "[−1, 1], the network's output from [−1, 1] to the target's [min, max] over the data set")
     num_workers: int = setting(0, help="DataLoader worker processes per rank (0: one prefetch thread)", low=0)
     preload: bool = setting(False, help="read the splits into memory once")
 
@@ -92,31 +100,10 @@ class DataConfig:
 
 
 @dataclass
-class BCNNConfig:
-    channels: int = setting(32, help="channels of the post-correction U-Net's first level (doubled at each "
-                            "level below)", low=1)
-    depth: int = setting(3, help="poolings by 2 of the U-Net (0: a plain residual conv stack)", low=0)
-    convs: int = setting(2, help="convolutions per U-Net level and side", low=1)
-    kernel: int = setting(3, help="convolution kernel size (odd)", low=1)
-    born_lambda: float | None = setting(None, help="λ of the Born (Tikhonov) layer, absolute; null = chosen on "
-                                        "the validation split at its noise (data.eval_noise), as `bcrdist baseline` does",
-                                        low=0)
-    lambda_grid: int = setting(49, help="λ candidates on validation, log-spaced over σ_max²·[1e-12, 1] (as "
-                               "`bcrdist baseline --grid`)", low=2)
-    norm: Literal["area", "euclidean"] = setting("area", help="the Tikhonov regulariser: area-weighted L2 norm of "
-                                                 "η, or the plain coefficient norm (as `bcrdist baseline --norm`)")
-
-    def validate(self):
-        check_ranges(self, "model.bcnn")
-        if self.kernel % 2 == 0:
-            raise ConfigError(f"model.bcnn.kernel: must be odd, got {self.kernel}")
-
-
-@dataclass
 class ModelConfig:
-    type: Literal["bcrnet", "bcnn"] = setting("bcrnet", help="`bcrnet` (BCR-Net) or `bcnn` (the Born–Tikhonov "
-                                              "reconstruction as a fixed first layer, then a trainable CNN "
-                                              "post-correction; needs data.input farfield and data.use_imag true)")
+    type: str = setting("bcrnet", help="the registered network (`bcrdist config networks`): `bcrnet` (BCR-Net, "
+                        "its keys are this section's), `bcnn` (bcrdist's Born–Tikhonov layer + U-Net), the study's "
+                        "`cnn`, `cnnb`, `study_bcnn`, `nio`, or one registered with `bcrdist.models.register`")
     alpha: int = setting(40, help="channels α", low=1)
     n_cnn: int = setting(6, help="band-matrix layers per level (the original's N_cnn)", low=1)
     n_cnn3: int = setting(5, help="2D refinement layers (N_cnn3)", low=1)
@@ -132,10 +119,20 @@ class ModelConfig:
         "`auto` = period on periodic angle grids, zero otherwise")
     bcnn: BCNNConfig = section(BCNNConfig, help="BCNN (`model.type: bcnn`, `bcrdist.models.bcnn`): the Born layer "
                                "and the post-correction U-Net")
+    cnn: CNNConfig = section(CNNConfig, help="the study's CNN (`model.type: cnn`, `bcrdist.models.study_cnn`): far "
+                             "field → image")
+    cnnb: CNNBConfig = section(CNNBConfig, help="the study's CNNB (`model.type: cnnb`): far field → corrected far field "
+                               "→ damped-least-squares Born image")
+    study_bcnn: StudyBCNNConfig = section(StudyBCNNConfig, help="the study's BCNN (`model.type: study_bcnn`): damped "
+                                          "least-squares Born image + a CNN's residual")
+    nio: NIOConfig = section(NIOConfig, help="the study's NIO (`model.type: nio`, `bcrdist.models.nio`): DeepONet "
+                             "(encoder branch, grid trunk) → FNO")
+    options: dict = setting(default_factory=dict, help="the config section of a network registered outside bcrdist "
+                            "(`bcrdist.models.register`), read by its `config_class`")
 
     def validate(self):
         check_ranges(self, "model")
-        self.bcnn.validate()
+        network_class(self.type)
         if self.w_comp % 2 == 0:
             raise ConfigError(f"model.w_comp: must be odd, got {self.w_comp}")
 

@@ -34,6 +34,7 @@ from bcrdist.metrics import (PIXEL_MAX, REPORTED, REPORTED_FOR, SELECTION_DEFAUL
 from bcrdist.models.checkpoint import load_model
 from bcrdist.physics.layout import GridInfo
 from bcrdist.train import plots
+from bcrdist.train.plan import evaluation_spec
 from bcrdist.transforms import network_input_shape
 
 SHOWN_SAMPLES = 8
@@ -128,18 +129,10 @@ def evaluate_model(model, batches: Iterable[tuple], ctx, metrics=REPORTED, heads
 N_SAVED = 100
 
 
-def model_fields(model) -> tuple[str, str | None]:
-    """The Preprocess `input` and `input_imag` a model was trained with: `NAME.real` (+ `NAME.imag` with
-    use_imag) for a complex input, `measure` (+ `measure_imag`) for Fan's."""
-    if model.input.endswith(".real"):
-        return model.input, (model.input.removesuffix(".real") + ".imag") if model.use_imag else None
-    return model.input, "measure_imag" if model.use_imag else None
-
-
-def check_shapes(model, checkpoint, manifest) -> None:
+def check_shapes(model, checkpoint, manifest, spec: Preprocess) -> None:
     """Refuse a data set that lacks the model's input or target, or whose samples are not the shapes the model
     was made for, naming both."""
-    x, imag = model_fields(model)
+    x, imag = spec.input, spec.input_imag
     base = x.removesuffix(".real")
     try:
         shape_in, shape_out = manifest.datasets[base].shape, manifest.datasets[model.target].shape
@@ -176,14 +169,12 @@ def evaluate_checkpoint(checkpoint, data, split="test", out=None, noise=0.0, n_p
     try:
         model, meta = load_model(checkpoint, ctx.device, with_meta=True)
         manifest = read_manifest(data)
-        check_shapes(model, checkpoint, manifest)
+        spec = evaluation_spec(model.record(), noise, noise_model)
+        check_shapes(model, checkpoint, manifest, spec)
         kind = layout_of(manifest, model.target).target_kind
         reported, selection = REPORTED_FOR[kind], SELECTION_DEFAULT[kind]
-        x_name, imag_name = model_fields(model)
         run_dir = Path(checkpoint).resolve().parent.parent
         out = Path(out) if out else run_dir / f"eval-{Path(str(split)).stem}"
-        spec = Preprocess(input=x_name, target=model.target, input_imag=imag_name, antipodal=model.antipodal,
-                          normalize_target=False, noise=noise, noise_model=noise_model, noise_fixed=True)
         noise_source(manifest, spec, "--noise-model")
         seed = meta.get("seed", 0) if seed is None else int(seed)
         reader = ShardedDataset(data, split=None if split == "all" else split, rank=ctx.rank,

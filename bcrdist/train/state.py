@@ -5,14 +5,14 @@ Every part has `state_dict()` (plain values and tensors, so `torch.load(weights_
 
     Checkpointer({"model": ModelWeights(model), "best_model": BestWeights(model), "optimizer": OptimizerHolder(…),
                   "scaler": GradScaler, "progress": ProgressCounters(…), "tracker": BestModelTracker(…),
-                  "data": TrainingData(…), "rng": RandomState()}, ctx)
+                  "data": TrainingData(…), "reader": ReaderPosition(…), "rng": RandomState()}, ctx)
 
 so adding a stateful part is one more entry. `last.pt` is {"format": TRAINING_FORMAT, "version", <metadata
 the trainer adds: world_size, config, model_config>, <one entry per part>}. Files of older formats are
 converted to this layout in one place, `upgrade_training_state`.
 
 The parts defined here are the ones that are neither torch objects nor rules of their own (the tracker lives
-in `best_model`, the data identity in `training_data`).
+in `best_model`, the data identity and the reader's position in `training_data`).
 """
 
 from __future__ import annotations
@@ -28,13 +28,15 @@ import torch
 from torch import nn
 
 from bcrdist import __version__
+from bcrdist.distributed.collective import on_main
 from bcrdist.errors import BcrdistError, DataError
 from bcrdist.models.checkpoint import (MODEL_FORMAT, atomic_save, load_checkpoint, load_model_state,
                                       model_state)
 from bcrdist.train.best_model import STATE_FIELDS as TRACKER_STATE_FIELDS
 from bcrdist.train.optim import make_optimizer, set_lr
 
-TRAINING_FORMAT = "bcrdist-training-2"
+TRAINING_FORMAT = "bcrdist-training-3"
+V2_FORMAT = "bcrdist-training-2"            # the reader's position was the progress counters' `batch`
 V1_FORMAT = "bcrdist-checkpoint-1"          # 0.1: one hand-assembled dict per file
 
 
@@ -118,13 +120,12 @@ class OptimizerHolder:
 
 @dataclass
 class ProgressCounters:
-    """Where the run is: stage index, global epoch, batches done in that epoch (the reader position: the
-    epoch order is a function of (seed, epoch), so this count is all a resume needs), optimizer steps,
-    whether the stage's start evaluation is done, the learning rate and the non-finite losses so far."""
+    """Where the run is: stage index, global epoch, optimizer steps, whether the stage's start evaluation is
+    done, the learning rate and the non-finite losses so far (the position inside an epoch is the training
+    reader's own state, `training_data.ReaderPosition`)."""
 
     stage: int = 0
     epoch: int = 0
-    batch: int = 0
     step: int = 0
     stage_started: bool = False
     lr: float = 0.0
@@ -177,7 +178,9 @@ def _cuda_in_use() -> bool:
 
 
 def upgrade_training_state(ck: dict, path) -> dict:
-    """A training checkpoint of any known format in the layout of TRAINING_FORMAT (the one conversion)."""
+    """A training checkpoint of any known format in the layout of TRAINING_FORMAT (the one conversion). The
+    older formats kept the position inside an epoch as a batch counter: it becomes a position-only reader state
+    (`ShardedDataset.load_state_dict` takes it as a position in the reader's order)."""
     fmt = ck.get("format")
     if fmt == TRAINING_FORMAT:
         return ck
@@ -185,15 +188,20 @@ def upgrade_training_state(ck: dict, path) -> dict:
         raise DataError(f"{path}: a model checkpoint (best.pt?), not a training state to resume from; "
                         f"schedule.initial_weights fine-tunes from one")
     if fmt == V1_FORMAT:
-        return {"format": TRAINING_FORMAT, "version": ck.get("version"), "world_size": ck.get("world_size"),
-                "config": ck.get("config"), "model_config": ck.get("model_config"),
-                "model": ck["model"], "best_model": ck["best_model"], "optimizer": ck["optimizer"],
-                "scaler": ck["scaler"],
-                "progress": {**ck["position"], "lr": ck["lr"], "nan_failures": ck["nan_failures"]},
-                "tracker": {k: ck["tracker"][k] for k in TRACKER_STATE_FIELDS},
-                "data": ck["data"], "rng": {"torch": ck["rng"]}}
-    raise DataError(f"{path}: unknown checkpoint format {fmt!r} (this bcrdist reads {TRAINING_FORMAT!r} and "
-                    f"{V1_FORMAT!r})")
+        ck = {"format": V2_FORMAT, "version": ck.get("version"), "world_size": ck.get("world_size"),
+              "config": ck.get("config"), "model_config": ck.get("model_config"),
+              "model": ck["model"], "best_model": ck["best_model"], "optimizer": ck["optimizer"],
+              "scaler": ck["scaler"],
+              "progress": {**ck["position"], "lr": ck["lr"], "nan_failures": ck["nan_failures"]},
+              "tracker": {k: ck["tracker"][k] for k in TRACKER_STATE_FIELDS},
+              "data": ck["data"], "rng": {"torch": ck["rng"]}}
+    if ck.get("format") == V2_FORMAT:
+        progress = dict(ck["progress"])
+        batch = progress.pop("batch")
+        return {**ck, "format": TRAINING_FORMAT, "progress": progress,
+                "reader": {"epoch": progress["epoch"], "batch": batch}}
+    raise DataError(f"{path}: unknown checkpoint format {fmt!r} (this bcrdist reads {TRAINING_FORMAT!r}, "
+                    f"{V2_FORMAT!r} and {V1_FORMAT!r})")
 
 
 class Checkpointer:
@@ -210,15 +218,13 @@ class Checkpointer:
         """Rank 0 writes the parts' state plus the plain values `meta` to `path` atomically; all ranks wait.
         A failed write (disk full, I/O error) leaves the previous file and raises CheckpointWriteError, with
         one line naming the file, on every rank."""
-        error = None
-        if self.ctx.is_main:
+        def write() -> None:
             try:
                 atomic_save({**meta, **self.state_dict()}, path)
             except OSError as exc:
-                error = write_failure(path, exc)
-        error = self.ctx.broadcast_object(error)
-        if error:
-            raise CheckpointWriteError(error)
+                raise CheckpointWriteError(write_failure(path, exc)) from None
+
+        on_main(self.ctx, write)
 
     def load(self, path: str | Path) -> dict:
         """Load every part from `path` (on every rank); returns the whole (upgraded) checkpoint."""

@@ -1,7 +1,8 @@
 """The training loop: the original BCR-Net recipe under DDP, readable top to bottom.
 
-`train(cfg)` initialises the process group, builds data, model and optimizer, then runs the stages of
-`bcrdist.train.schedule` with the SaveBestModel rules of `bcrdist.train.best_model`. Every decision
+`train(cfg)` initialises the process group, has rank 0 make the run plan (`bcrdist.train.plan`: every
+decision the config leaves open, and every refusal, before the run directory is claimed), builds data, model
+and optimizer from it, then runs its stages with the SaveBestModel rules of `bcrdist.train.best_model`. Every decision
 (improvement, reduce-LR, stop, NaN rollback, preemption) is taken from values that are identical on all
 ranks (all-reduced errors, or rank 0's decision broadcast), so every rank reaches every collective.
 Rank 0 alone writes files; checkpoints are atomic, and a failed write (disk full, I/O error) is broadcast so
@@ -36,23 +37,26 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from bcrdist import __version__
 from bcrdist.config import to_dict
+from bcrdist.data.format import read_manifest
 from bcrdist.distributed import DistContext, init_distributed, shutdown_distributed
-from bcrdist.errors import BcrdistError, ConfigError, DataError
+from bcrdist.distributed.collective import on_main
+from bcrdist.errors import BcrdistError, DataError
 from bcrdist.fileio import atomic_write_bytes, atomic_write_json, json_safe
 from bcrdist.metrics import PIXEL_MAX, summarize
 from bcrdist.models.checkpoint import load_checkpoint, load_model_state, remove_stale_temporaries, save_model
 from bcrdist.train.best_model import BestModelTracker
 from bcrdist.train.config import TrainConfig
 from bcrdist.train.evaluation import NonFiniteSamples, check_finite, evaluate_model, gather, sample_list
+from bcrdist.train.model_setup import build_model
+from bcrdist.train.plan import RunPlan, make_plan
 from bcrdist.train.provenance import run_provenance
 from bcrdist.train.preemption import PreemptionFlag, exit_code, requeue_slurm_job
 from bcrdist.train.run_log import RunLogger
-from bcrdist.train.schedule import (FINETUNE_STAGES, PRETRAIN_STAGES, Stage, build_stages,
-                                    initial_value_stage)
-from bcrdist.train.run_dir import Claim, RunDirError, claim_run_dir
+from bcrdist.train.schedule import Stage
+from bcrdist.train.run_dir import Claim, claim_run_dir
 from bcrdist.train.state import (BestWeights, Checkpointer, ModelWeights, OptimizerHolder, ProgressCounters,
                                  RandomState, write_failure)
-from bcrdist.train.training_data import TrainingData, build_model, check_before_claim
+from bcrdist.train.training_data import TrainingData
 
 
 class TrainingDiverged(BcrdistError):
@@ -71,10 +75,11 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    """Holds the run's state; `run()` executes the schedule and returns the results dict."""
+    """Holds the run's state, built from the run plan; `run()` executes the schedule and returns the results
+    dict."""
 
-    def __init__(self, cfg: TrainConfig, ctx: DistContext):
-        self.cfg, self.ctx = cfg, ctx
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, plan: RunPlan):
+        self.cfg, self.ctx, self.plan = cfg, ctx, plan
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         rt = cfg.runtime
@@ -96,11 +101,9 @@ class Trainer:
                              tensorboard=cfg.logging.tensorboard)
         seed_everything(cfg.seed)
 
-        self.data = TrainingData(cfg, ctx)
+        self.data = TrainingData(cfg, ctx, plan)
         self.provenance = run_provenance(cfg, self.data.manifest.dataset_id)
-        self.model = build_model(cfg, self.data.choice, self.data)
-        shift, scale, out_scale = self.data.normalization()
-        self.model.set_normalization(shift, scale, out_scale)
+        self.model = build_model(plan.model, self.data, ctx)
         self.model.to(ctx.device)
         ctx.broadcast_module(self.model)
         self.n_params = sum(p.numel() for p in self.model.parameters())
@@ -111,37 +114,17 @@ class Trainer:
         self.amp_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(rt.precision)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=rt.precision == "16-mixed")
 
-        s = cfg.schedule
-        if s.initial_weights:
-            self._load_initial_weights(s.initial_weights)
-            self.stages = initial_value_stage(cfg.optim.lr, s.epochs, s.initial_batch_size)
-            patience = max(s.epochs // 40, 40)
-            self.tracker = BestModelTracker(patience=patience, rel_threshold=s.rel_threshold,
-                                            test_weight=self.selection_weight(self.stages[0]), reduce_lr=True,
-                                            patience_lr=s.patience_lr or 20, factor=math.sqrt(0.1),
-                                            min_lr=cfg.optim.lr / 100,
-                                            keras_compat=s.keras_compat)
-        else:
-            self.stages = build_stages(
-                s.batch_size, cfg.optim.lr, s.epochs, pretrain=s.pretrain, finetune=s.finetune,
-                keras_compat=s.keras_compat,
-                pretrain_stages=tuple(PRETRAIN_STAGES if s.pretrain_stages is None else s.pretrain_stages),
-                finetune_stages=tuple(FINETUNE_STAGES if s.finetune_stages is None else s.finetune_stages))
-            self.tracker = BestModelTracker(patience=s.patience, rel_threshold=s.rel_threshold,
-                                            test_weight=self.selection_weight(self.stages[0]),
-                                            reduce_lr=s.reduce_lr, patience_lr=s.patience_lr,
-                                            factor=s.reduce_lr_factor, min_lr=cfg.optim.lr / 100,
-                                            keras_compat=s.keras_compat)
-        for stage in self.stages:
-            if stage.global_batch % ctx.world_size:
-                raise ConfigError(f"schedule.batch_size: stage {stage.name} has global batch {stage.global_batch}, "
-                                  f"not divisible by the world size {ctx.world_size}")
+        if plan.model.initial_weights:
+            self._load_initial_weights(plan.model.initial_weights)
+        self.stages = list(plan.schedule.stages)
+        self.tracker = BestModelTracker(test_weight=self.selection_weight(self.stages[0]), **plan.schedule.tracker)
         self.optim = OptimizerHolder(cfg, self.model, self.stages[0].lr)
         self.best = BestWeights(self.model)
         self.progress = ProgressCounters(epoch=self.stages[0].start_epoch, lr=self.stages[0].lr)
         self.state = Checkpointer({"model": ModelWeights(self.model), "best_model": self.best,
                                    "optimizer": self.optim, "scaler": self.scaler, "progress": self.progress,
-                                   "tracker": self.tracker, "data": self.data, "rng": RandomState()}, ctx)
+                                   "tracker": self.tracker, "data": self.data, "reader": self.data.position,
+                                   "rng": RandomState()}, ctx)
         self.stop_reason = ""
         self.stop_requested = False
         self.preempt: PreemptionFlag | None = None
@@ -158,19 +141,17 @@ class Trainer:
     def save(self, name: str) -> None:
         """Rank 0 writes the training state to checkpoints/NAME.pt atomically; all ranks wait for it."""
         self.state.save(self.ckpt_dir / f"{name}.pt", world_size=self.ctx.world_size, config=to_dict(self.cfg),
-                        model_config=self.model.extra_config(), provenance=self.provenance)
+                        model_config=self.model.record(), provenance=self.provenance)
 
     def written_by_rank0(self, path: Path, write) -> None:
         """Rank 0 calls `write()`; a failure to write `path` reaches every rank as one RunWriteError."""
-        error = None
-        if self.ctx.is_main:
+        def attempt() -> None:
             try:
                 write()
             except OSError as exc:
-                error = write_failure(path, exc)
-        error = self.ctx.broadcast_object(error)
-        if error:
-            raise RunWriteError(error)
+                raise RunWriteError(write_failure(path, exc)) from None
+
+        on_main(self.ctx, attempt)
 
     def save_best(self) -> None:
         """The model as it is now is the best: kept in memory and written as checkpoints/best.pt."""
@@ -192,15 +173,13 @@ class Trainer:
             where = f"stage {self.stages[p.stage].name}"
         else:
             where = "the end of the schedule"
-        self.log.info(f"resumed from {path} at {where}, epoch {p.epoch}, batch {p.batch}, step {p.step}")
+        self.log.info(f"resumed from {path} at {where}, epoch {p.epoch}, batch {self.data.position.batch}, "
+                      f"step {p.step}")
 
     # ------------------------------------------------------------------ evaluation
     def selection_weight(self, stage: Stage) -> float:
-        """The tracker's slot weight in `stage`: 0 in pre-training (the output head alone selects), the
-        config's test_weight in fine-tuning (1 in the initial-weights branch)."""
-        if self.cfg.schedule.initial_weights:
-            return 1.0
-        return 0.0 if stage.phase == "pretrain" else self.cfg.schedule.test_weight
+        """The tracker's slot weight in `stage` (the plan's rule)."""
+        return self.plan.schedule.selection_weight(stage)
 
     def use_selection_weight(self, stage: Stage) -> None:
         w = self.selection_weight(stage)
@@ -323,8 +302,9 @@ class Trainer:
             text = yaml.safe_dump(to_dict(cfg), sort_keys=False).encode()
             self.written_by_rank0(path, lambda: atomic_write_bytes(path, text))
         self.log.info(f"bcrdist {__version__}: {ctx.world_size} rank(s) via {ctx.env.method} on {ctx.device}; "
-                      f"{self.n_params:,} parameters; {len(self.stages)} stages; data {cfg.data.path} "
-                      f"(train {self.data.n_train}, val {self.data.n_val})")
+                      f"{self.model.model_type}: {self.n_params:,} parameters ({self.model.net.summary}); "
+                      f"{len(self.stages)} stages; data {cfg.data.path} (train {self.data.n_train}, "
+                      f"val {self.data.n_val})")
         for note in notes:
             self.log.info(note)
         t_start = time.time()
@@ -353,7 +333,7 @@ class Trainer:
         self.tracker.start_stage(stage.start_epoch)
         errors = self.evaluate(stage.phase, f"at the start of stage {stage.name}")
         self.judge(stage, errors, stage.start_epoch, at_start=True)
-        p.epoch, p.batch, p.stage_started = stage.start_epoch, 0, True
+        p.epoch, p.stage_started = stage.start_epoch, True
         self.log.info(f"stage {stage.name}: global batch {stage.global_batch}, lr {stage.lr:.3g}, "
                       f"epochs [{stage.start_epoch}, {stage.end_epoch}); start error {errors['out']['mean']:.4g}")
 
@@ -372,13 +352,14 @@ class Trainer:
             while p.epoch < stage.end_epoch and not stop_stage:
                 epoch = p.epoch
                 t0, wait, n_samples, losses = time.time(), 0.0, 0, []
-                batches = self.data.train_batches(epoch, per_rank, skip=p.batch)
-                bar = self.log.progress(self.data.train_steps(per_rank) - p.batch, f"{stage.name} epoch {epoch + 1}")
+                # resumed at the limit: train no further step (and take no batch from the reader)
+                at_limit = max_steps is not None and p.step >= max_steps
+                batches = iter(()) if at_limit else self.data.train_batches(epoch, per_rank)
+                bar = self.log.progress(0 if at_limit else self.data.train_steps(per_rank) - self.data.position.batch,
+                                        f"{stage.name} epoch {epoch + 1}")
                 t_wait = time.time()
                 for x, y, index in batches:
                     wait += time.time() - t_wait
-                    if max_steps is not None and p.step >= max_steps:
-                        break                      # resumed at the limit: train no further step
                     loss = self.train_step(stage, x, y)
                     self.log.step_done(bar, loss, p.step + 1)
                     if not math.isfinite(loss):
@@ -387,7 +368,6 @@ class Trainer:
                         self.optim.set_lr(p.lr)
                     else:
                         losses.append(loss)
-                    p.batch += 1
                     p.step += 1
                     n_samples += stage.global_batch
                     if p.step % cfg.checkpoint.every_steps == 0:
@@ -399,8 +379,8 @@ class Trainer:
                         break
                     t_wait = time.time()
                 else:
-                    p.epoch += 1
-                    p.batch = 0
+                    if not at_limit:
+                        p.epoch += 1
                 bar.close()
                 elapsed = time.time() - t0
                 errors = self.evaluate(stage.phase, f"after epoch {epoch + 1} ({stage.name}, step {p.step})")
@@ -431,7 +411,7 @@ class Trainer:
                     stop_stage = True
             # Keras semantics: the next stage starts at this stage's planned end, from the best weights
             self.best.restore()
-            p.stage, p.epoch, p.batch, p.stage_started = p.stage + 1, stage.end_epoch, 0, False
+            p.stage, p.epoch, p.stage_started = p.stage + 1, stage.end_epoch, False
             self.save("last")
         self.stop_reason = self.stop_reason or "schedule complete"
         return "complete"
@@ -545,24 +525,16 @@ def signal_name(number: int) -> str:
 
 
 def claim(cfg: TrainConfig, ctx: DistContext, restart: bool) -> Claim:
-    """Rank 0 claims the run directory (`claim_run_dir`); its outcome, or its error, reaches every rank."""
-    found, error = None, None
-    if ctx.is_main:
-        try:
-            found = claim_run_dir(cfg, restart)
-        except (BcrdistError, OSError) as exc:
-            error = exc
-    mine = None
-    if ctx.is_main:
-        mine = {"error": str(error)} if error else {"complete": found.complete, "stop_reason": found.stop_reason,
-                                                    "resume": found.resume}
-    shared = ctx.broadcast_object(mine)
-    if error is not None:
-        raise error
-    if "error" in shared:
-        raise RunDirError(shared["error"])
-    if not ctx.is_main:
-        found = Claim(complete=shared["complete"], stop_reason=shared["stop_reason"], resume=shared["resume"])
+    """Rank 0 claims the run directory (`claim_run_dir`) and holds its lock; its outcome, or its error, reaches
+    every rank."""
+    held: list[Claim] = []
+
+    def claim_on_main() -> dict:
+        held.append(claim_run_dir(cfg, restart))
+        return {"complete": held[0].complete, "stop_reason": held[0].stop_reason, "resume": held[0].resume}
+
+    outcome = on_main(ctx, claim_on_main)
+    found = held[0] if held else Claim(**outcome)
     if found.resume is not None:
         cfg.checkpoint.resume = found.resume
     return found
@@ -575,14 +547,14 @@ def train(cfg: TrainConfig, restart: bool = False) -> dict:
     ctx = init_distributed(cfg.runtime.device)
     held = None
     try:
-        check_before_claim(cfg)
+        plan = on_main(ctx, lambda: make_plan(cfg, read_manifest(cfg.data.path), ctx.world_size))
         held = claim(cfg, ctx, restart)
         if held.complete:
             if ctx.is_main:
                 print(held.complete, flush=True)
             ctx.barrier()
             return {"status": "complete", "stop_reason": held.stop_reason, "message": held.complete}
-        return Trainer(cfg, ctx).run(notes=held.notes)
+        return Trainer(cfg, ctx, plan).run(notes=held.notes)
     finally:
         if held is not None:
             held.release()

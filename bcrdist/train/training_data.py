@@ -1,5 +1,6 @@
 """The training run's view of a sharded data set: readers per split, normalisation statistics, batches
-on the training device.
+on the training device — built from the run plan (`bcrdist.train.plan`), which decided which datasets form
+input and target and how every reader preprocesses them.
 
 Splits come from the data set's split files (`bcrdist split`), or, with `data.percent`, from the
 original rule computed in memory (train = first int(N·percent), test = the next min(max(n_train, 5000),
@@ -7,185 +8,78 @@ N − n_train); validation = the first n_valid test samples, as the original sel
 Model selection uses at most `data.n_valid` samples: the first ones of the validation split; the
 fine-tuning "train" slot uses as many of the first training samples.
 
-Noise (`noise_specs`): the training split gets the training noise (`data.noise_model` at `data.noise`, or at
-a level drawn per sample from [`data.noise`, `data.noise_max`], a fresh draw per epoch with `data.noise_per_epoch`; the fine-tuning "train" slot sees its fixed draw);
-validation and test get the evaluation noise (`data.eval_noise_model` at `data.eval_noise`, null = the
-training noise's), one fixed draw per sample, the draw `bcrdist evaluate` and `bcrdist baseline` make.
-
-As a part of the training state (`state_dict`) it is the identity of the data the run trains on (data set,
-training split size, seed: together they fix every epoch's order); the position within an epoch is the
-trainer's batch counter.
+Two parts of the training state live here. `TrainingData` itself (`state_dict`) is the identity of the data
+the run trains on (data set, training split size, seed: together they fix every epoch's order).
+`ReaderPosition` is where the training reader is: the reader's own state (`ShardedDataset.state_dict`: epoch,
+batches consumed, and the order settings its resume checks compare), saved and restored through the data
+set's public state protocol.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from bcrdist.data.format import read_manifest
-from bcrdist.data.grid import Layout, layout_of
-from bcrdist.data.preprocess import Preprocess, Preprocessor, noise_source
 from bcrdist.data.dataset import ShardedDataset
+from bcrdist.data.format import read_manifest
+from bcrdist.data.preprocess import Preprocess, Preprocessor
 from bcrdist.data.splits import load_split, make_splits, split_path
 from bcrdist.distributed import DistContext
 from bcrdist.errors import ConfigError, DataError
-from bcrdist.models.scattering import ScatteringModel
-from bcrdist.train.born_layer import check_bcnn_data, fit_born_layer
-from bcrdist.metrics import REPORTED_FOR, SELECTION_DEFAULT, check_metrics_for_target
-from bcrdist.transforms import network_input_shape
+from bcrdist.train.plan import RunPlan
 
 STATS_SAMPLES = 4096
 EVAL_BATCH = 64
 
 
-@dataclasses.dataclass(frozen=True)
-class DataChoice:
-    """What the network reads and predicts, resolved against a data set (`resolve_data`): the Preprocess
-    fields `input` / `input_imag` / `target` (parts of a complex dataset named `NAME.real`/`NAME.imag`), the
-    resolved `antipodal` and `use_imag`, the shapes, the grid's `layout`, the selection `metric` and the
-    metrics reported for this target (`reported`)."""
+class ReaderPosition:
+    """The training reader's position, a part of the training state (`reader`).
 
-    input: str
-    input_imag: str | None
-    target: str
-    antipodal: bool
-    use_imag: bool
-    input_shape: tuple[int, int]
-    target_shape: tuple[int, int]
-    layout: Layout
-    metric: str
-    reported: tuple[str, ...]
+    `state_dict()` is the active training reader's own state; `load_state_dict` keeps a saved state until the
+    trainer asks for the batches of an epoch (`attach`): the saved state of that epoch is handed to the new
+    reader's `load_state_dict` (which checks that the order settings match and that the global batch is
+    unchanged mid-epoch), any other epoch starts at its first batch — a saved state of an earlier epoch is an
+    epoch (or a stage) that ended after it was saved.
+    """
 
+    def __init__(self):
+        self.reader: ShardedDataset | None = None
+        self.pending: dict | None = None
 
-def _dataset(manifest, name: str, key: str, what: str):
-    if name not in manifest.datasets:
-        raise ConfigError(f"{key}: the data set {manifest.root} has no dataset {name!r} (datasets: "
-                          f"{', '.join(manifest.datasets)}); expected {what}")
-    spec = manifest.datasets[name]
-    if len(spec.shape) != 2:
-        raise ConfigError(f"{key}: dataset {name!r} of {manifest.root} has per-sample shape {spec.shape}; expected "
-                          f"{what}")
-    return spec
+    def attach(self, reader: ShardedDataset, epoch: int) -> None:
+        """Make `reader` the training reader, positioned for `epoch`."""
+        if self.pending is not None and int(self.pending["epoch"]) == epoch:
+            try:
+                reader.load_state_dict(self.pending)
+            except ConfigError as exc:
+                raise ConfigError(f"checkpoint.resume: the training reader cannot continue where the checkpoint "
+                                  f"stopped: {exc}") from None
+        else:
+            reader.set_epoch(epoch)
+        self.pending = None
+        self.reader = reader
 
+    @property
+    def batch(self) -> int:
+        """Batches of the current epoch consumed so far."""
+        return int(self.state_dict()["batch"])
 
-def resolve_data(cfg, manifest) -> DataChoice:
-    """The `data.input`/`data.target` of `cfg` checked against `manifest`, with the defaults of `data.use_imag`,
-    `data.antipodal` and `schedule.metric` resolved; a ConfigError naming the key for a dataset the data set
-    lacks, a complex input without a choice of part, antipodal off the periodic `measure` layout, or a metric
-    that does not apply to the target."""
-    d = cfg.data
-    target = _dataset(manifest, d.target, "data.target", "a real dataset (N, angles, radii or pixels)")
-    if target.dtype.kind == "c":
-        raise ConfigError(f"data.target: dataset {d.target!r} is complex; expected a real target (η)")
-    base, _, part = d.input.rpartition(".")
-    if d.input in manifest.datasets or part not in ("real", "imag") or base not in manifest.datasets:
-        base, part = d.input, None
-    spec = _dataset(manifest, base, "data.input", "a dataset (N, angles, detectors)")
-    layout = layout_of(manifest, d.target)
-    complex_input = spec.dtype.kind == "c"
-    if part == "imag" and not complex_input:
-        raise ConfigError(f"data.input: dataset {base!r} is real; it has no imaginary part")
-    if complex_input and part is None:
-        if d.use_imag is None:
-            raise ConfigError(f"data.use_imag: the input {base!r} is complex; choose false (its real part only, what "
-                              f"the port fed BCR-Net) or true (real and imaginary parts, concatenated along the "
-                              f"detector axis)")
-        use_imag = bool(d.use_imag)
-        x, imag = f"{base}.real", f"{base}.imag" if use_imag else None
-    else:
-        use_imag = bool(d.use_imag)
-        x, imag = d.input, None
-        if use_imag and base != "measure":
-            raise ConfigError(f"data.use_imag: true adds the imaginary part of a complex input (or `measure_imag` "
-                              f"to `measure`); the input {d.input!r} is real: set data.use_imag false")
-        if use_imag:
-            imag = "measure_imag"
-            if imag not in manifest.datasets:
-                raise DataError(f"{manifest.path}: data.use_imag is true but the data set has no 'measure_imag'")
-    measure_layout = base == "measure" and layout.periodic
-    if d.antipodal and not measure_layout:
-        grid = "a periodic" if layout.periodic else "an endpoint"
-        raise ConfigError(f"data.antipodal: the antipodal preprocessing applies to the `measure` layout on a "
-                          f"periodic angle grid; input {d.input!r} on {grid} grid ({layout.source}): set "
-                          f"data.antipodal false or null")
-    antipodal = measure_layout if d.antipodal is None else bool(d.antipodal)
-    metric = SELECTION_DEFAULT[layout.target_kind] if cfg.schedule.metric == "auto" else cfg.schedule.metric
-    check_metrics_for_target(metric, layout.target_kind, "schedule.metric")
-    return DataChoice(input=x, input_imag=imag, target=d.target, antipodal=antipodal, use_imag=use_imag,
-                      input_shape=network_input_shape(spec.shape, imag is not None),
-                      target_shape=tuple(int(v) for v in target.shape), layout=layout, metric=metric,
-                      reported=REPORTED_FOR[layout.target_kind])
+    def state_dict(self) -> dict:
+        if self.reader is not None:
+            return self.reader.state_dict()
+        return dict(self.pending) if self.pending is not None else {"epoch": 0, "batch": 0}
 
-
-def build_model(cfg, choice, data=None) -> ScatteringModel:
-    """The run's model for the resolved data (`resolve_data`): BCR-Net for its input and target sizes, padded
-    per `model.pad_to`, with `model.bc_padding` resolved from the angle grid (auto: period on periodic grids,
-    zero otherwise); ConfigError for sizes BCR-Net cannot take. With `model.type: bcnn`, BCNN (ConfigError
-    unless it reads the complex far field, `check_bcnn_data`), its Born layer made from the run's `data`
-    (TrainingData) when given (`bcrdist.train.born_layer.fit_born_layer`; without it the layer is zero, as for
-    the size checks before the run directory is claimed)."""
-    (ns, nd), (nt, nr) = choice.input_shape, choice.target_shape
-    if cfg.model.type == "bcnn":
-        check_bcnn_data(cfg, choice)
-        model = ScatteringModel.from_config(cfg, (ns, nd), (nt, nr), antipodal=choice.antipodal,
-                                            use_imag=choice.use_imag, input=choice.input)
-        if data is not None:
-            fit_born_layer(model, cfg, data)
-        return model
-    bc = cfg.model.bc_padding
-    if bc == "auto":
-        bc = "period" if choice.layout.periodic else "zero"
-    try:
-        return ScatteringModel.from_config(cfg, (ns, nd), (nt, nr), antipodal=choice.antipodal,
-                                           use_imag=choice.use_imag, bc_padding=bc,
-                                           input=choice.input)
-    except ConfigError:
-        raise
-    except ValueError as exc:
-        raise ConfigError(f"model: {exc} (data {cfg.data.path}: input {ns}×{nd}, target {nt}×{nr})") from None
-
-
-def noise_specs(cfg, choice) -> dict[str, Preprocess]:
-    """The Preprocess of each reader: "train" (the training noise, fresh per epoch with
-    `data.noise_per_epoch`), "train_subset" (the training noise, fixed: the fine-tuning selection's training
-    samples as trained on) and "eval" (validation and test: the evaluation noise, one fixed draw per sample)."""
-    d = cfg.data
-    common = dict(input=choice.input, target=choice.target, input_imag=choice.input_imag,
-                  antipodal=choice.antipodal, normalize_target=d.normalize_output)
-    eval_model, eval_level = d.evaluation_noise()
-    return {"train": Preprocess(**common, noise=d.noise, noise_model=d.noise_model, noise_max=d.noise_max,
-                                noise_fixed=not d.noise_per_epoch),
-            "train_subset": Preprocess(**common, noise=d.noise, noise_model=d.noise_model, noise_max=d.noise_max,
-                                       noise_fixed=True),
-            "eval": Preprocess(**common, noise=eval_level, noise_model=eval_model, noise_fixed=True)}
-
-
-def check_noise(cfg, manifest, choice) -> None:
-    """Refuse a noise model the input cannot take (`complex`/`additive` need the complex far field), naming
-    `data.noise_model` or `data.eval_noise_model`."""
-    specs = noise_specs(cfg, choice)
-    eval_key = "data.noise_model" if cfg.data.eval_noise_model is None else "data.eval_noise_model"
-    for key, spec in (("data.noise_model", specs["train"]), (eval_key, specs["eval"])):
-        noise_source(manifest, spec, key)
-
-
-def check_before_claim(cfg) -> None:
-    """Refuse, before the run directory is claimed (so nothing is written), a data choice, noise or model size
-    the run cannot take: the checks `resolve_data`, `check_noise` and `build_model` make, on every rank alike."""
-    manifest = read_manifest(cfg.data.path)
-    choice = resolve_data(cfg, manifest)
-    check_noise(cfg, manifest, choice)
-    build_model(cfg, choice)
-
+    def load_state_dict(self, state: dict) -> None:
+        self.pending = dict(state)
+        self.reader = None
 
 
 class TrainingData:
     """Readers for one rank; see the module docstring."""
 
-    def __init__(self, cfg, ctx: DistContext):
+    def __init__(self, cfg, ctx: DistContext, plan: RunPlan):
         self.cfg, self.ctx = cfg, ctx
         d = cfg.data
         self.manifest = read_manifest(d.path)
@@ -196,15 +90,15 @@ class TrainingData:
                             "val": percent and f"validation ({percent})" or d.val_split,
                             "test": percent and f"test ({percent})" or d.test_split}
         self.split_names["train_subset"] = self.split_names["train"]
-        self.choice = resolve_data(cfg, self.manifest)
-        c = self.choice
-        check_noise(cfg, self.manifest, c)
-        self.specs = noise_specs(cfg, c)
+        self.choice = plan.data
+        self.specs = plan.readers
+        self.model_plan = plan.model
         self.train_spec = self.specs["train"]
         self._train_readers: dict[int, ShardedDataset] = {}
         self._eval_readers: dict[tuple, ShardedDataset] = {}
-        self.input_shape, self.target_shape = c.input_shape, c.target_shape
+        self.input_shape, self.target_shape = self.choice.input_shape, self.choice.target_shape
         self.target_scale = Preprocessor(self.train_spec, self.manifest).target_scale
+        self.position = ReaderPosition()
 
     def _resolve_splits(self) -> dict[str, np.ndarray]:
         d = self.cfg.data
@@ -267,13 +161,12 @@ class TrainingData:
                 batch["index"])
 
     # ------------------------------------------------------------------ batches
-    def train_batches(self, epoch: int, per_rank_batch: int, skip: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
-        """This rank's training batches of `epoch`, after the first `skip` (for mid-epoch resume):
-        (x (B, Ns, Nd'), y (B, Nt, Nr)) on the device and the samples' global indices (B,)."""
+    def train_batches(self, epoch: int, per_rank_batch: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        """This rank's training batches of `epoch` from where the reader's position is (a resumed epoch
+        continues after its last consumed batch): (x (B, Ns, Nd'), y (B, Nt, Nr)) on the device and the samples'
+        global indices (B,)."""
         reader = self._train_reader(per_rank_batch)
-        reader.set_epoch(epoch)
-        if skip:
-            reader.load_state_dict({**reader.state_dict(), "epoch": epoch, "batch": skip})
+        self.position.attach(reader, epoch)
         loader = reader.loader(num_workers=self.cfg.data.num_workers, pin_memory=self.ctx.device.type == "cuda")
         for batch in loader:
             yield self._to_device(batch)
@@ -292,39 +185,67 @@ class TrainingData:
             yield self._to_device(batch)
 
     # ------------------------------------------------------------------ normalisation
-    def normalization(self) -> tuple[np.ndarray, np.ndarray, float]:
-        """(shift, scale) per input channel (Nd',) and the output scale, identical on every rank.
+    def normalization(self) -> dict:
+        """The model's normalisation, identical on every rank: {"shift", "scale"} per input channel (Nd',),
+        "out_scale", and the output map "out_gain", "out_bias" (`ScatteringModel.set_normalization`).
 
-        Input statistics come from the first STATS_SAMPLES training samples (noise-free order of the split);
-        scale = RMS per channel (or standard deviation when `input_shift`); all ones/zeros when
-        `normalize_input` is off.
+        `rms` (bcrdist's): input statistics from the first STATS_SAMPLES training samples (noise-free order of
+        the split), scale = RMS per channel (or standard deviation with `input_shift`; ones/zeros with
+        `normalize_input` off). `minmax` (the study's): each input part (Re, and Im when both are read) mapped
+        from its [min, max] over those samples to [−1, 1]; the network's output o mapped back to η =
+        o·half + mid, [mid ± half] the target's range over the data set (its statistics). The output scale
+        (training units η / out_scale) is the same in both.
         """
+        rule = self.model_plan
         nd = self.input_shape[-1]
-        if not self.cfg.data.normalize_input:
-            return np.zeros(nd, np.float32), np.ones(nd, np.float32), self.target_scale
+        out = {"shift": np.zeros(nd, np.float32), "scale": np.ones(nd, np.float32), "out_scale": self.target_scale,
+               "out_gain": 1.0, "out_bias": 0.0}
+        if rule.normalization == "rms" and not rule.normalize_input:
+            return out
+        parts = 2 if self.choice.input_imag else 1
+        total, total_sq = np.zeros(nd), np.zeros(nd)
+        low, high = np.full(parts, np.inf), np.full(parts, -np.inf)
+        count = 0
+        for x in self._statistics_batches():
+            total += x.sum(axis=0)
+            total_sq += (x * x).sum(axis=0)
+            by_part = x.reshape(len(x), parts, nd // parts)
+            low, high = np.minimum(low, by_part.min(axis=(0, 2))), np.maximum(high, by_part.max(axis=(0, 2)))
+            count += x.shape[0]
+        if rule.normalization == "minmax":
+            stats = self.manifest.field_statistics(self.choice.target)
+            mid, half = (stats["max"] + stats["min"]) / 2, (stats["max"] - stats["min"]) / 2
+            if not half > 0:
+                raise DataError(f"{self.manifest.path}: data.normalization minmax: the target {self.choice.target!r} "
+                                f"is constant ({stats['min']}) over the data set")
+            width = np.where(high > low, (high - low) / 2, 1.0)
+            out.update(shift=np.repeat((high + low) / 2, nd // parts).astype(np.float32),
+                       scale=np.repeat(width, nd // parts).astype(np.float32),
+                       out_gain=half / self.target_scale, out_bias=mid / self.target_scale)
+            return out
+        mean = total / count
+        if rule.input_shift:
+            shift, scale = mean, np.sqrt(np.maximum(total_sq / count - mean * mean, 0))
+        else:
+            shift, scale = np.zeros(nd), np.sqrt(total_sq / count)
+        out.update(shift=shift.astype(np.float32), scale=np.where(scale > 0, scale, 1.0).astype(np.float32))
+        return out
+
+    def _statistics_batches(self) -> Iterator[np.ndarray]:
+        """The noise-free network inputs of the first STATS_SAMPLES training samples, (B·Ns, Nd') float64 per
+        batch; DataError naming the samples for non-finite values."""
+        nd = self.input_shape[-1]
         reader = ShardedDataset(self.cfg.data.path, split=self.splits["train"][:STATS_SAMPLES], shuffle=False,
                                 exact=True, batch_size=256,
                                 preprocess=Preprocess(input=self.choice.input, target=None,
                                                       input_imag=self.choice.input_imag,
                                                       antipodal=self.choice.antipodal))
-        total = np.zeros(nd)
-        total_sq = np.zeros(nd)
-        count = 0
         for batch in reader:
             x = batch["input"].double().numpy().reshape(-1, nd)
             if not np.isfinite(x).all():
                 raise DataError(f"{self.manifest.root}: non-finite values in {self.choice.input!r} of training samples "
                                 f"{batch['index'][0].item()}…{batch['index'][-1].item()}")
-            total += x.sum(axis=0)
-            total_sq += (x * x).sum(axis=0)
-            count += x.shape[0]
-        mean = total / count
-        if self.cfg.data.input_shift:
-            shift, scale = mean, np.sqrt(np.maximum(total_sq / count - mean * mean, 0))
-        else:
-            shift, scale = np.zeros(nd), np.sqrt(total_sq / count)
-        scale = np.where(scale > 0, scale, 1.0)
-        return shift.astype(np.float32), scale.astype(np.float32), self.target_scale
+            yield x
 
     def state_dict(self) -> dict:
         """The identity of the training data: data set, training-split size and the order's seed."""

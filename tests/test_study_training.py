@@ -1,0 +1,125 @@
+"""The study's networks (CNN, CNNB, the study's BCNN, NIO) through the same pipeline as BCR-Net: a two-rank
+torchrun training each, a run stopped and resumed that ends with the uninterrupted run's weights bit for bit,
+`bcrdist evaluate` agreeing with the run's own test error, `bcrdist predict` on the far field, and the
+checkpoint's state without the Born layer's tensors (rebuilt from its definition on load). Tiny sizes: a
+16 × 16 image from 16 directions."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+import bcrdist
+from bcrdist.data.generate import generate
+from bcrdist.data.splits import write_splits
+from bcrdist.data.stats import store_statistics
+from bcrdist.models.checkpoint import load_checkpoint
+from bcrdist.train.baseline import load
+from generation_helpers import demo_gaussian_config
+from train_helpers import (assert_same_weights, bcrdist as run_bcrdist, final_weights, kill_training_at_step,
+                           torchrun, write_config)
+
+TINY = {
+    "cnn": {"type": "cnn", "cnn": {"channels": [4, 6], "widths": [24]}},
+    "cnnb": {"type": "cnnb", "cnnb": {"channels": [4, 6], "widths": [24]}},
+    "study_bcnn": {"type": "study_bcnn", "study_bcnn": {"channels": [4, 6], "widths": [24]}},
+    "nio": {"type": "nio", "nio": {"trunk_layers": 2, "width": 16, "n_basis": 8, "fno_width": 8, "fno_modes": 4}},
+}
+SCHEDULE = {"batch_size": 4, "epochs": 2, "pretrain_stages": [[1, 1.0], [2, 0.5]], "finetune_stages": [[2, 1.0]]}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    cfg = dataclasses.replace(demo_gaussian_config((0.05, 0.1), 48, samples_per_shard=16), Na=16,
+                              layout="farfield", angles="endpoint", image_size=16)
+    cfg.validate()
+    root = tmp_path_factory.mktemp("study") / "ds"
+    generate(cfg, root, progress=False)
+    store_statistics(root)
+    write_splits(root, 0.5, val=8)
+    return root
+
+
+def config(tmp_path, data, name, network, **sections):
+    return write_config(tmp_path / f"{name}.yaml", data, tmp_path / name,
+                        data={"path": str(data), "n_valid": 8, "input": "farfield", "use_imag": True,
+                              "target": "image", "noise": 5.0, "noise_model": "complex"},
+                        model=TINY[network], schedule=SCHEDULE, results_table=None,
+                        **{"checkpoint": {"every_steps": 3}, **sections})
+
+
+@pytest.mark.parametrize("network", list(TINY))
+def test_two_rank_torchrun_training_evaluate_and_predict(data, tmp_path, network):
+    cfg = config(tmp_path, data, "run", network)
+    result = torchrun(2, "train", "--config", str(cfg))
+    run_dir = tmp_path / "run"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["world_size"] == 2 and results["model"]["type"] == network
+    assert np.isfinite(results["errors"]["test"]["rel_l2"]["mean"])
+    log = (run_dir / "train.log").read_text()
+    assert f"{network}: {results['parameters']:,} parameters" in log, result.stdout
+    best = run_dir / "checkpoints" / "best.pt"
+    ck = load_checkpoint(best)
+    assert not any(".born." in key for key in ck["model"])              # the Born layer travels as its definition
+    born = ck["model_config"]["net"].get("born")
+    assert (born is not None) == (network in ("cnnb", "study_bcnn"))
+    if born is not None:
+        assert born["method"] == "lsqr" and results["model"]["born"]["damp"] == born["parameter"]
+    out = tmp_path / "eval"
+    run_bcrdist("evaluate", "--checkpoint", str(best), "--data", str(data), "--out", str(out), "--plots", "1",
+                "--noise", "5", "--noise-model", "complex")
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert metrics["rel_l2"]["mean"] == pytest.approx(results["errors"]["test"]["rel_l2"]["mean"], rel=1e-4)
+    # predict: the far field of the test samples, noise-free, through the CLI and through load_model
+    F, target, index = load(data, "test", target="image")
+    with h5py.File(tmp_path / "input.h5", "w") as fh:
+        fh["farfield"] = F
+    run_bcrdist("predict", "--checkpoint", str(best), "--input", str(tmp_path / "input.h5"), "--out",
+                str(tmp_path / "pred.h5"))
+    with h5py.File(tmp_path / "pred.h5", "r") as fh:
+        pred = fh["pred"][:]
+    model = bcrdist.load_model(best)
+    assert pred.shape == target.shape
+    np.testing.assert_allclose(pred, model.predict_eta(F), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("network", list(TINY))
+def test_a_killed_and_resumed_run_ends_with_the_uninterrupted_runs_weights(data, tmp_path, network):
+    """SIGKILL after a checkpoint in the middle of an epoch (4 steps an epoch in the first stage, a checkpoint
+    every 5), then `--resume auto`: the reader, the optimizer, the generators and a BatchNorm's statistics all
+    continue where last.pt left them."""
+    every = {"every_steps": 5}
+    run_bcrdist("train", "--config", str(config(tmp_path, data, "full", network, checkpoint=every)))
+    part = config(tmp_path, data, "part", network, checkpoint=every)
+    killed_at = kill_training_at_step(part, tmp_path / "part", 5)
+    assert killed_at["step"] % 4, "killed at an epoch boundary: the test wants the middle of an epoch"
+    run_bcrdist("train", "--config", str(part), "--resume", "auto")
+    assert "resumed from" in (tmp_path / "part" / "train.log").read_text()
+    assert_same_weights(final_weights(tmp_path / "full"), final_weights(tmp_path / "part"), atol=0)
+    a, b = (json.loads((tmp_path / name / "results.json").read_text())["errors"]["test"]["rel_l2"]["mean"]
+            for name in ("full", "part"))
+    assert a == b
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["model.type=cnn", "model.cnn.channels=[4,4,4]"],
+     "model.cnn.channels: 3 conv+pool layers take a 16×16 far field down to 0×0"),
+    (["model.type=cnnb", "data.use_imag=false"], "model.type: cnnb reconstructs from the complex far field"),
+    (["model.type=nio", "model.nio.fno_modes=11"], "model.nio.fno_modes: 11 Fourier modes do not fit"),
+    (["model.type=study_bcnn", "model.study_bcnn.damp=0"], "model.study_bcnn.damp"),
+    (["model.type=cnn", "model.pad_to=[32,32]"], "model.pad_to: applies to BCR-Net only"),
+])
+def test_what_a_study_network_cannot_take_is_one_line_before_the_run_directory(data, tmp_path, sets, message):
+    run_dir = tmp_path / "run"
+    args = ["train", "--set", f"data.path={data}", "--set", f"run_dir={run_dir}", "--set", "data.input=farfield",
+            "--set", "data.use_imag=true", "--set", "data.target=image"]
+    for item in sets:
+        args += ["--set", item]
+    result = run_bcrdist(*args, check=False)
+    err = result.stderr.strip()
+    assert result.returncode == 2 and "\n" not in err and message in err, err
+    assert not run_dir.exists()
