@@ -64,10 +64,10 @@ def write_yaml(path: Path, data: dict) -> Path:
 def tiny_spec(tmp: Path, **changes) -> dict:
     data = write_yaml(tmp / "tiny-data.yaml", TINY_DATA)
     train = write_yaml(tmp / "tiny-train.yaml", TINY_TRAIN)
-    methods = [{"name": "bcr", "label": "BCR-Net Re F", "kind": "bcrnet", "config": str(train)},
+    methods = [{"name": "bcr", "label": "BCR-Net Re F", "kind": "network", "config": str(train)},
                {"name": "born", "label": "Born", "kind": "born"}]
     if HAS_BCNN:
-        methods.insert(1, {"name": "bcnn", "label": "BCNN", "kind": "bcnn", "config": str(train),
+        methods.insert(1, {"name": "bcnn", "label": "BCNN", "kind": "network", "config": str(train),
                            "set": ["model.type=bcnn", "data.use_imag=true"]})
     spec = {"name": "tiny", "title": "Tiny matrix", "intro": "A tiny matrix of the test.",
             "data": {"config": str(data), "percent": 0.75, "val": 16},
@@ -205,7 +205,7 @@ def test_a_failed_step_stops_with_one_line_naming_it(tmp_path):
     (lambda s: s["methods"][0].update(confg="x.yaml"), "methods[0].confg"),
     (lambda s: s.update(nois={"levels": [1]}), "nois"),
     (lambda s: s["noise"].update(model="pink"), "noise.model"),
-    (lambda s: s["methods"][1].update(kind="bcrnet"), "methods[1].config"),
+    (lambda s: s["methods"][1].update(kind="network"), "methods[1].config"),
 ])
 def test_a_bad_spec_key_is_one_line_naming_it(tmp_path, change, key):
     spec = tiny_spec(tmp_path)

@@ -1,8 +1,9 @@
 """The study's networks (CNN, CNNB, the study's BCNN, NIO) through the same pipeline as BCR-Net: a two-rank
-torchrun training each, a run stopped and resumed that ends with the uninterrupted run's weights bit for bit,
-`bcrdist evaluate` agreeing with the run's own test error, `bcrdist predict` on the far field, and the
-checkpoint's state without the Born layer's tensors (rebuilt from its definition on load). Tiny sizes: a
-16 × 16 image from 16 directions."""
+torchrun training each, a run killed and resumed that ends with the uninterrupted run's weights bit for bit
+(bcrdist's BCNN too), `bcrdist evaluate` agreeing with the run's own test error, `bcrdist predict` on the far
+field, the checkpoint's state without the Born layer's tensors (rebuilt from its definition on load) and the
+Born layer of CNNB and the study's BCNN equal to `bcrdist baseline --method lsqr` with their damping; NIO with
+the study's min–max normalisation. Tiny sizes: a 16 × 16 image from 16 directions."""
 
 from __future__ import annotations
 
@@ -12,16 +13,25 @@ import json
 import h5py
 import numpy as np
 import pytest
+import torch
 
 import bcrdist
+from bcrdist.config import load_config
+from bcrdist.data.format import read_manifest
 from bcrdist.data.generate import generate
+from bcrdist.metrics import relative_l2
+from bcrdist.transforms import network_input
 from bcrdist.data.splits import write_splits
 from bcrdist.data.stats import store_statistics
 from bcrdist.models.checkpoint import load_checkpoint
 from bcrdist.train.baseline import load
+from bcrdist.train.config import TrainConfig
+from bcrdist.train.model_setup import build_model
+from bcrdist.train.plan import make_plan
+from bcrdist.train.training_data import TrainingData
 from generation_helpers import demo_gaussian_config
 from train_helpers import (assert_same_weights, bcrdist as run_bcrdist, final_weights, kill_training_at_step,
-                           torchrun, write_config)
+                           one_process, torchrun, write_config)
 
 TINY = {
     "cnn": {"type": "cnn", "cnn": {"channels": [4, 6], "widths": [24]}},
@@ -29,6 +39,8 @@ TINY = {
     "study_bcnn": {"type": "study_bcnn", "study_bcnn": {"channels": [4, 6], "widths": [24]}},
     "nio": {"type": "nio", "nio": {"trunk_layers": 2, "width": 16, "n_basis": 8, "fno_width": 8, "fno_modes": 4}},
 }
+RESUMED = {**TINY, "bcnn": {"type": "bcnn", "bcnn": {"channels": 4, "depth": 1}}}
+NORMALIZATION = {"nio": "minmax"}            # the study's NIO normalised its input and output by min–max
 SCHEDULE = {"batch_size": 4, "epochs": 2, "pretrain_stages": [[1, 1.0], [2, 0.5]], "finetune_stages": [[2, 1.0]]}
 
 
@@ -47,8 +59,9 @@ def data(tmp_path_factory):
 def config(tmp_path, data, name, network, **sections):
     return write_config(tmp_path / f"{name}.yaml", data, tmp_path / name,
                         data={"path": str(data), "n_valid": 8, "input": "farfield", "use_imag": True,
-                              "target": "image", "noise": 5.0, "noise_model": "complex"},
-                        model=TINY[network], schedule=SCHEDULE, results_table=None,
+                              "target": "image", "noise": 5.0, "noise_model": "complex",
+                              "normalization": NORMALIZATION.get(network, "rms")},
+                        model=RESUMED[network], schedule=SCHEDULE, results_table=None,
                         **{"checkpoint": {"every_steps": 3}, **sections})
 
 
@@ -85,9 +98,18 @@ def test_two_rank_torchrun_training_evaluate_and_predict(data, tmp_path, network
     model = bcrdist.load_model(best)
     assert pred.shape == target.shape
     np.testing.assert_allclose(pred, model.predict_eta(F), rtol=1e-5, atol=1e-6)
+    if born is not None:
+        # the network's Born layer (rebuilt on load) is `bcrdist baseline --method lsqr` at its damping
+        doc = tmp_path / "lsqr.json"
+        run_bcrdist("baseline", "--data", str(data), "--method", "lsqr", "--damp", str(born["parameter"]),
+                    "--out", str(doc))
+        with torch.no_grad():
+            eta = model.net.born(torch.from_numpy(network_input(F.real, F.imag)).float()).double()
+        rel = float(relative_l2(eta, torch.from_numpy(target).double()).mean())
+        assert rel == pytest.approx(json.loads(doc.read_text())["metrics"]["rel_l2"]["mean"], rel=1e-6)
 
 
-@pytest.mark.parametrize("network", list(TINY))
+@pytest.mark.parametrize("network", list(RESUMED))
 def test_a_killed_and_resumed_run_ends_with_the_uninterrupted_runs_weights(data, tmp_path, network):
     """SIGKILL after a checkpoint in the middle of an epoch (4 steps an epoch in the first stage, a checkpoint
     every 5), then `--resume auto`: the reader, the optimizer, the generators and a BatchNorm's statistics all
@@ -123,3 +145,21 @@ def test_what_a_study_network_cannot_take_is_one_line_before_the_run_directory(d
     err = result.stderr.strip()
     assert result.returncode == 2 and "\n" not in err and message in err, err
     assert not run_dir.exists()
+
+
+def test_the_studys_minmax_normalisation_maps_input_and_output_to_minus_one_one(data, tmp_path):
+    """data.normalization minmax: Re F and Im F of the first training samples fill [−1, 1] after the model's
+    input normalisation, and the network's −1 and +1 come out as the target's minimum and maximum over the
+    data set (in physical units)."""
+    cfg = load_config(config(tmp_path, data, "run", "nio"), TrainConfig)
+    plan = make_plan(cfg, read_manifest(data), 1)
+    training = TrainingData(cfg, one_process(), plan)
+    model = build_model(plan.model, training, one_process())
+    x = torch.cat([torch.from_numpy(a).float().reshape(-1, 16, 32) for a in training.statistics_inputs()])
+    normalised = (x - model.in_shift) / model.in_scale
+    for part in (normalised[..., :16], normalised[..., 16:]):              # Re F, Im F
+        assert float(part.min()) == pytest.approx(-1, abs=1e-5) and float(part.max()) == pytest.approx(1, abs=1e-5)
+    stats = read_manifest(data).field_statistics("image")
+    eta = (torch.tensor([-1.0, 1.0]) * model.out_gain + model.out_bias) * model.out_scale
+    assert eta.tolist() == pytest.approx([stats["min"], stats["max"]], rel=1e-5)
+    assert model.record()["normalization"] == "minmax"

@@ -40,7 +40,6 @@ from bcrdist.fileio import atomic_write_bytes, atomic_write_json, json_safe
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 METRICS = {"rel_l2": "rel. L2", "rel_l1": "rel. L1", "weighted": "weighted"}
-NETWORKS = ("bcrnet", "bcnn")
 
 
 class SpecError(Exception):
@@ -83,7 +82,8 @@ class DataSpec:
 class MethodSpec:
     name: str = setting(help="short name (folder names, plot legends)")
     label: str = setting(help="column heading in the tables")
-    kind: Literal["bcrnet", "bcnn", "born"] = setting(help="a network trained by `bcrdist train`, or Born")
+    kind: Literal["network", "born"] = setting(help="a network trained by `bcrdist train` (any registered "
+                                               "`model.type`), or Born (`bcrdist baseline`)")
     config: str | None = setting(None, help="training config (configs/*.yaml) of a network; none for Born")
     set: list[str] = setting(default_factory=list, help="`bcrdist train --set` overrides, e.g. data.use_imag=true")
     args: list[str] = setting(default_factory=list, help="extra arguments of every `bcrdist baseline` (Born) or "
@@ -281,7 +281,7 @@ class Matrix:
             self.conditions.append(Condition(f"ood-{name}", "ood", f"test family {name}, noise 0", out, "all",
                                              0.0, name))
         for m in s.methods:
-            if m.kind in NETWORKS:
+            if m.kind == "network":
                 run = w / "runs" / m.name
                 args = ["train", "--config", m.config, "--set", f"data.path={data}", "--set", f"run_dir={run}",
                         *(a for o in m.set for a in ("--set", o)), "--resume", "auto"]
@@ -384,10 +384,11 @@ def collect(matrix: Matrix) -> dict:
             errors[m.name][c.key] = row
     runs = {}
     for m in spec.methods:
-        if m.kind in NETWORKS:
+        if m.kind == "network":
             res = read_json(matrix.work / "runs" / m.name / "results.json")
             runs[m.name] = {k: res.get(k) for k in ("parameters", "n_train", "epochs", "steps", "world_size",
                                                     "wall_time_s", "stop_reason")}
+            runs[m.name]["type"] = (res.get("model") or {}).get("type", "bcrnet")
     manifest = read_json(matrix.train_data / "manifest.json")
     sizes = {name: read_json(matrix.train_data / "splits" / f"{name}.json")["num_samples"]
              for name in ("train", "val", "test")}
@@ -402,7 +403,7 @@ def beats_born(spec: Spec, row: dict[str, dict]) -> str | None:
     """Best network vs best Born on the first metric: 'yes'/'no' below/above by more than two standard errors of
     the difference (√(se₁² + se₂²), se = std/√count: unpaired, conservative), else 'tie'; None without both."""
     metric = spec.metrics[0]
-    nets = [row[m.name] for m in spec.methods if m.kind in NETWORKS]
+    nets = [row[m.name] for m in spec.methods if m.kind == "network"]
     born = [row[m.name] for m in spec.methods if m.kind == "born"]
     if not nets or not born:
         return None
@@ -438,10 +439,15 @@ def data_facts(matrix: Matrix, facts: dict) -> str:
     if sets:
         text += (" Test sets beyond the test split, each evaluated whole at noise 0: " + "; ".join(sets) +
                  (f" (overrides {', '.join(spec.ood.set)})" if spec.ood.set else "") + ".")
-    if any(m.kind == "born" for m in spec.methods):
-        text += (" Born: Tikhonov-regularised Born inversion (`bcrdist baseline`), λ chosen on the training "
-                 "data's validation split at the row's noise level; the extra test sets are used neither in "
-                 "training nor in choosing λ or a model.")
+    borns = [m for m in spec.methods if m.kind == "born"]
+    if any("lsqr" not in m.args for m in borns):
+        text += (" Born (Tikhonov): Tikhonov-regularised Born inversion (`bcrdist baseline`), λ chosen on the "
+                 "training data's validation split at the row's noise level.")
+    if any("lsqr" in m.args for m in borns):
+        text += (" Born (LSQR): the study's damped least squares on its Born matrix (`bcrdist baseline --method "
+                 "lsqr --damp D`), a fixed damping.")
+    if borns:
+        text += " The extra test sets are used neither in training nor in choosing λ or a model."
     return text
 
 
@@ -460,7 +466,7 @@ def markdown(matrix: Matrix, facts: dict, commands: list[str], figures: dict[str
             continue
         r = facts["runs"][m.name]
         train = shlex.join([m.config, *(a for s in m.set for a in ("--set", s))])
-        lines.append(f"| {m.label} | {m.kind} | `{train}` | {r['parameters']:,} | {r['n_train']} | {r['epochs']} | "
+        lines.append(f"| {m.label} | {r['type']} | `{train}` | {r['parameters']:,} | {r['n_train']} | {r['epochs']} | "
                      f"{r['steps']} | {r['world_size']} | {_mins(r['wall_time_s'])} |")
     errors = facts["errors"]
     rows = [(c, {m.name: errors[m.name][c.key] for m in spec.methods}) for c in matrix.conditions]
@@ -507,13 +513,17 @@ def plot_group(matrix: Matrix, facts: dict, group: str, path: Path) -> bool:
     fig, axes = plt.subplots(1, len(spec.metrics), figsize=(4.6 * len(spec.metrics), 3.6), squeeze=False)
     xs = list(range(len(conds)))
     width = 0.8 / len(spec.methods)
+    borns = [m.name for m in spec.methods if m.kind == "born"]
+    # the Born baselines in greys and dashes, one shade each; the networks in matplotlib's colours
+    greys = {name: str(0.55 * i / max(len(borns) - 1, 1)) for i, name in enumerate(borns)}
+    dashes = {name: ("--", ":", "-.")[i % 3] for i, name in enumerate(borns)}
     for ax, metric in zip(axes[0], spec.metrics):
         for i, m in enumerate(spec.methods):
             ys = [100 * facts["errors"][m.name][c.key][metric] for c in conds]
-            style = {"color": "black", "linestyle": "--"} if m.kind == "born" else {}
+            style = {"color": greys[m.name], "linestyle": dashes[m.name]} if m.kind == "born" else {}
             if group == "ood":
                 ax.bar([x + (i - (len(spec.methods) - 1) / 2) * width for x in xs], ys, width, label=m.label,
-                       **({"color": "0.3"} if m.kind == "born" else {}))
+                       **({"color": greys[m.name]} if m.kind == "born" else {}))
             elif group == "noise":
                 ax.plot([c.value for c in conds], ys, marker="o", label=m.label, **style)
             else:

@@ -206,7 +206,7 @@ class TrainingData:
         total, total_sq = np.zeros(nd), np.zeros(nd)
         low, high = np.full(parts, np.inf), np.full(parts, -np.inf)
         count = 0
-        for x in self._statistics_batches():
+        for x in self.statistics_inputs():
             total += x.sum(axis=0)
             total_sq += (x * x).sum(axis=0)
             by_part = x.reshape(len(x), parts, nd // parts)
@@ -231,7 +231,7 @@ class TrainingData:
         out.update(shift=shift.astype(np.float32), scale=np.where(scale > 0, scale, 1.0).astype(np.float32))
         return out
 
-    def _statistics_batches(self) -> Iterator[np.ndarray]:
+    def statistics_inputs(self) -> Iterator[np.ndarray]:
         """The noise-free network inputs of the first STATS_SAMPLES training samples, (B·Ns, Nd') float64 per
         batch; DataError naming the samples for non-finite values."""
         nd = self.input_shape[-1]
