@@ -149,6 +149,22 @@ def sample_errors(pred: np.ndarray, target: np.ndarray, out_scale: float = 1.0, 
     return out
 
 
+def linear_map_matrix(predict, data_shape: tuple[int, int], chunk: int = 256) -> np.ndarray:
+    """The dense real matrix M (n_out, 2·n_obs·n_inc) float64 of an R-linear map `predict` of far fields
+    (B, n_obs, n_inc) → (B, …): predict(F)[b].ravel() = M @ concat(Re F[b].ravel(), Im F[b].ravel()). Column c
+    is the image of the unit far field (entry c, real part; entry c − n_entries, imaginary part), `chunk`
+    columns at a time."""
+    n_obs, n_inc = data_shape
+    n = n_obs * n_inc
+    columns = []
+    for start in range(0, 2 * n, chunk):
+        c = np.arange(start, min(start + chunk, 2 * n))
+        unit = np.zeros((len(c), n), dtype=np.complex128)
+        unit[np.arange(len(c)), c % n] = np.where(c < n, 1.0, 1j)
+        columns.append(predict(unit.reshape(-1, n_obs, n_inc)).reshape(len(c), -1))
+    return np.concatenate(columns).T
+
+
 class TikhonovInversion:
     """The spectral Tikhonov filter shared by the Born inversions, on a block-diagonalised operator.
 
@@ -227,15 +243,7 @@ class TikhonovInversion:
         estimate of the unit far field (entry c, real part; entry c − n_entries, imaginary part), computed
         `chunk` at a time; λ from `fit_lambda` unless given."""
         lam = self._lambda(lam)
-        n_obs, n_inc = self.data_shape
-        n = n_obs * n_inc
-        columns = []
-        for start in range(0, 2 * n, chunk):
-            c = np.arange(start, min(start + chunk, 2 * n))
-            unit = np.zeros((len(c), n), dtype=np.complex128)
-            unit[np.arange(len(c)), c % n] = np.where(c < n, 1.0, 1j)
-            columns.append(self.predict(unit.reshape(-1, n_obs, n_inc), lam).reshape(len(c), -1))
-        return np.concatenate(columns).T
+        return linear_map_matrix(lambda F: self.predict(F, lam), self.data_shape, chunk)
 
     def _lambda(self, lam: float | None) -> float:
         lam = self.lam if lam is None else lam

@@ -25,7 +25,8 @@ import math
 import numpy as np
 
 from bcrdist.errors import ConfigError, DataError
-from bcrdist.physics.born import ENTRIES, NORMS, BornInversion, CartesianBornInversion, TikhonovInversion
+from bcrdist.physics.born import (ENTRIES, NORMS, BornInversion, CartesianBornInversion, TikhonovInversion,
+                                  linear_map_matrix)
 from bcrdist.physics.born_lsqr import CartesianBlockSolve, DampedLsqrInversion
 from bcrdist.physics.layout import GridInfo
 
@@ -136,15 +137,7 @@ class BornEstimator:
         """The estimate as one dense real matrix M (H·W, 2·n_obs·n_inc) float64,
             predict(F)[b].ravel() = M @ concat(Re F[b].ravel(), Im F[b].ravel()),
         from the estimates of the unit far fields, `chunk` at a time (cost: 2·n_obs·n_inc estimates)."""
-        n_obs, n_inc = self.data_shape
-        n = n_obs * n_inc
-        columns = []
-        for start in range(0, 2 * n, chunk):
-            c = np.arange(start, min(start + chunk, 2 * n))
-            unit = np.zeros((len(c), n), dtype=np.complex128)
-            unit[np.arange(len(c)), c % n] = np.where(c < n, 1.0, 1j)
-            columns.append(self.predict(unit.reshape(-1, n_obs, n_inc)).reshape(len(c), -1))
-        return np.concatenate(columns).T
+        return linear_map_matrix(self.predict, self.data_shape, chunk)
 
 
 def decomposition(grid: GridInfo, norm: str, entries: str = "farfield") -> TikhonovInversion:

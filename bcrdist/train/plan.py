@@ -234,6 +234,7 @@ def model_plan(cfg, choice: DataChoice, manifest) -> ModelPlan:
         raise ConfigError(f"data.target: {m.type} predicts {' or '.join(cls.targets)} images; the target "
                           f"{d.target!r} of {manifest.root} is {io.target_kind}")
     if m.pad_to is not None and cls.config_section != "":
+        # BCR-Net's other keys in `model` are ignored by other networks; padding would change what the run reads
         raise ConfigError(f"model.pad_to: applies to BCR-Net only; {m.type} works at the data's sizes")
     section = _network_section(cfg, cls)
     config = cls.resolve(section, io)
