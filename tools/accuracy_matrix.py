@@ -537,7 +537,8 @@ def plot_group(matrix: Matrix, facts: dict, group: str, path: Path) -> bool:
         ax.set_ylabel(f"mean {METRICS[metric]} error (%)")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    # beside the panels: with many methods a legend inside would hide bars
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.suptitle(f"{spec.title}: " + {"noise": "in distribution", "absorption": "absorbing scatterers",
                                       "ood": "other test families"}[group], fontsize=10)
     fig.tight_layout()
