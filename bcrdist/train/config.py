@@ -249,7 +249,7 @@ class TrainConfig:
     seed: int = setting(0, help="model initialisation, data order and noise (data order and noise depend only on "
                         "(seed, epoch, sample))", low=0, high=SEED_LIMIT)
     data: DataConfig = section(DataConfig, help="the data set, its splits and the input/target preprocessing")
-    model: ModelConfig = section(ModelConfig, help="the network (`model.type`: BCR-Net or BCNN); input/output "
+    model: ModelConfig = section(ModelConfig, help="the network (`model.type`, any registered one); input/output "
                                  "sizes come from the data")
     optim: OptimConfig = section(OptimConfig, help="the optimizer")
     schedule: ScheduleConfig = section(ScheduleConfig, help="the original's recipe of stages, model selection "
