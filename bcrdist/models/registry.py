@@ -104,10 +104,6 @@ class Network(nn.Module):
         be fitted to before training, as `BornRequest` fields; None for a network without one."""
         return None
 
-    def config(self) -> dict:
-        """The constructor arguments as plain values: `type(self)(**self.config())` rebuilds the network."""
-        raise NotImplementedError(f"{type(self).__name__} must return its constructor arguments")
-
     def set_born(self, definition, record: dict) -> None:
         """Give a Born-based network its fitted reconstruction (a `BornDefinition`) and the fit's record
         (`keep_fit_record`)."""
@@ -139,6 +135,8 @@ def register(name: str, cls: type[Network]) -> type[Network]:
     problems = []
     if not cls.summary.strip() or "\n" in cls.summary:
         problems.append("a one-line `summary`")
+    if not callable(getattr(cls, "config", None)):
+        problems.append("`config()` returning its constructor arguments (`cls(**net.config())` rebuilds it)")
     if cls.input_parts not in INPUT_PARTS:
         problems.append(f"`input_parts` in {INPUT_PARTS}")
     if not cls.targets or set(cls.targets) - set(TARGET_KINDS):
