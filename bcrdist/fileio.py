@@ -130,7 +130,11 @@ def atomic_write_files(contents: dict[pathlib.Path, bytes]) -> list[pathlib.Path
             current = pathlib.Path(path)
             current.parent.mkdir(parents=True, exist_ok=True)
             temps[current] = temp_path(current)
-            with open(temps[current], "wb") as fh:
+            # a new file, never one a symlink planted under the temporary's name points at: whatever has that
+            # name (a killed writer's leftover, a link) is removed, then the file is created exclusively
+            temps[current].unlink(missing_ok=True)
+            fd = os.open(temps[current], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+            with open(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())

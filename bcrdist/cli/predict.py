@@ -19,7 +19,8 @@ from bcrdist.models.checkpoint import load_model
 
 
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="a model checkpoint (best.pt) or a `bcrdist export` "
+                   "directory")
     p.add_argument("--input", required=True, help="HDF5 file with the dataset the model reads ('measure' (N, Ns, Nd) "
                    "or 'farfield' (N, n_obs, n_inc)), or a data-set directory")
     p.add_argument("--out", required=True, help="HDF5 file to write ('pred' (N, Nt, Nr) or (N, H, W) in physical "

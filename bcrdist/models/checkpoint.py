@@ -12,11 +12,13 @@ A model checkpoint (`best.pt`, `bcrdist import-keras`) holds {"format": MODEL_FO
 weights and normalisation buffers (a Born layer's tensors are not among them: they are rebuilt from its
 definition), "model_config": `ScatteringModel.record()` (its `type`, the registered network to rebuild, absent
 in checkpoints of BCR-Net written before the registry), and what the writer adds (the training config, …)}. `load_model` reads it, and any checkpoint with those two keys: the training state
-`last.pt` and the 0.1 format ("bcrdist-checkpoint-1") of both files.
+`last.pt` and the 0.1 format ("bcrdist-checkpoint-1") of both files; it also loads the portable weights
+`bcrdist export` writes (`bcrdist.models.export`: safetensors + JSON, nothing unpickled).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -24,7 +26,7 @@ from torch import nn
 
 from bcrdist import __version__
 from bcrdist.errors import DataError
-from bcrdist.fileio import atomic_write
+from bcrdist.fileio import atomic_write, one_line
 from bcrdist.models.scattering import ScatteringModel
 
 _PREFIXES = ("module.", "_orig_mod.")
@@ -80,7 +82,15 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise DataError(f"{path}: not a readable bcrdist checkpoint ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"{path}: not a readable bcrdist checkpoint ({_load_failure(exc)})") from None
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why torch.load failed, in one line: the reason of torch's weights-only unpickler (its message is a page
+    of advice on loading unsafely, which a bcrdist checkpoint never needs), else the error itself."""
+    text = str(exc)
+    reason = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n\s*\n|$)", text, re.S)
+    return one_line(reason.group(1) if reason else f"{type(exc).__name__}: {text}")
 
 
 def load_model_state(model: nn.Module, state: dict) -> None:
@@ -96,14 +106,33 @@ def save_model(path: str | Path, model: nn.Module, **meta) -> Path:
                         "model_config": inner.record(), **meta}, path)
 
 
+def model_from_checkpoint(ck, where) -> ScatteringModel:
+    """The model a loaded checkpoint `ck` holds (the registered network its `model_config` records, with its
+    weights and normalisation), on the CPU; DataError naming `where` when `ck` is not a model checkpoint."""
+    if not isinstance(ck, dict) or "model_config" not in ck or "model" not in ck:
+        raise DataError(f"{where}: not a bcrdist model checkpoint (no model_config/model)")
+    try:
+        model = ScatteringModel.from_record(ck["model_config"], f"{where}: model_config")
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{where}: malformed model_config ({type(exc).__name__}: {one_line(exc)})") from None
+    try:
+        load_model_state(model, ck["model"])
+    except (RuntimeError, AttributeError) as exc:
+        raise DataError(f"{where}: the weights do not fit the model_config ({one_line(exc)})") from None
+    return model
+
+
 def load_model(checkpoint, device="cpu", with_meta: bool = False):
     """A `ScatteringModel` (the registered network `model_config` records) in eval mode with the weights and
-    normalisation stored in `checkpoint` (with `with_meta` also {"seed", "config"} of the run that wrote it)."""
+    normalisation stored in `checkpoint` (with `with_meta` also {"seed", "config"} of the run that wrote it).
+    `checkpoint`: a checkpoint file, or a `bcrdist export` directory or its model.json / model.safetensors."""
+    # the export module reads checkpoints itself, so it is imported here rather than at the top
+    from bcrdist.models.export import is_export, load_exported
+
+    if is_export(checkpoint):
+        return load_exported(checkpoint, device, with_meta)
     ck = load_checkpoint(checkpoint)
-    if "model_config" not in ck or "model" not in ck:
-        raise DataError(f"{checkpoint}: not a bcrdist model checkpoint (no model_config/model)")
-    model = ScatteringModel.from_record(ck["model_config"], f"{checkpoint}: model_config")
-    load_model_state(model, ck["model"])
+    model = model_from_checkpoint(ck, checkpoint)
     model.to(device).eval()
     if with_meta:
         return model, {"seed": (ck.get("config") or {}).get("seed", 0), "config": ck.get("config")}
