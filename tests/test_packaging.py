@@ -74,8 +74,9 @@ def _sources(dest: Path) -> Path:
     return dest
 
 
-@pytest.mark.slow
-def test_wheel_runs_the_demo_in_a_fresh_environment_outside_the_repository(tmp_path):
+def install_wheel(tmp_path: Path) -> tuple[Path, Path, dict]:
+    """Build bcrdist's wheel and install it into a fresh virtual environment `tmp_path/venv` whose dependencies
+    come from the test environment; (the venv, its site-packages, an environment to run its commands in)."""
     src = _sources(tmp_path / "src")
     dist = tmp_path / "dist"
     # --no-isolation: the backend (setuptools.build_meta) from this environment, so nothing is downloaded
@@ -95,11 +96,17 @@ def test_wheel_runs_the_demo_in_a_fresh_environment_outside_the_repository(tmp_p
     (site / "test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index", "-q",
                     str(wheel)], check=True, capture_output=True, timeout=300)
-
-    work = tmp_path / "elsewhere"
-    work.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env.update(PATH=f"{venv / 'bin'}{os.pathsep}/usr/bin{os.pathsep}/bin", OMP_NUM_THREADS="1")
+    return venv, site, env
+
+
+@pytest.mark.slow
+def test_wheel_runs_the_demo_in_a_fresh_environment_outside_the_repository(tmp_path):
+    venv, site, env = install_wheel(tmp_path)
+    py = venv / "bin" / "python"
+    work = tmp_path / "elsewhere"
+    work.mkdir()
     where = subprocess.run([py, "-c", "import bcrdist; print(bcrdist.__file__)"], cwd=work, env=env,
                            capture_output=True, text=True, check=True).stdout
     assert where.startswith(str(site)), f"bcrdist imported from {where}, not from the wheel"

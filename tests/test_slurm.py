@@ -1,4 +1,5 @@
-"""The Slurm launch path on a real Slurm cluster: `slurm/*.sbatch`, preemption + requeue, `bcrdist submit`.
+"""The Slurm launch path on a real Slurm cluster: the sbatch scripts (`bcrdist/launch/sbatch/`, run through
+their checkout links `slurm/*.sbatch`), preemption + requeue, `bcrdist submit`.
 
 These tests submit real jobs to the two-node cluster that `tools/local_slurm.sh start` runs on this machine
 (nodes n1 and n2 on 127.0.0.1; `tools/run_tests.sh` starts it when run as root) and skip when there is no

@@ -188,3 +188,9 @@ def test_local_executor_runs_the_job_here(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "finished: reached schedule.max_steps = 4" in out.stdout
     assert (tmp_path / "run" / "results.json").is_file()
+    # the submission is recorded; its state comes from submitit's result file (no Slurm involved)
+    listed = subprocess.run([sys.executable, "-m", "bcrdist", "jobs", str(tmp_path / "run")], cwd=ROOT,
+                            env=clean_env(), capture_output=True, text=True, timeout=120)
+    job = re.search(r"^job (\d+) finished", out.stdout, flags=re.M).group(1)
+    assert listed.returncode == 0 and f"COMPLETED (local)  {tmp_path / 'run'}" in listed.stdout, listed.stdout
+    assert listed.stdout.splitlines()[1].startswith(f"{job}  ")

@@ -3,15 +3,20 @@
     bcrdist submit --config CFG.yaml --nodes 2 --gpus-per-node 4 --partition gpu --time 240 \\
         [--account A --qos Q --constraint C --mem 64G --exclusive --sbatch KEY=VALUE --setup LINE] \\
         [--slurm-config SITE.yaml] [--sweep data.noise=0,5,10] [--set key=value ...] [--local] [--wait]
+
+Each submission is recorded in RUN_DIR/submissions.jsonl (`bcrdist.launch.jobs`), which `bcrdist jobs RUN_DIR`
+lists and cancels.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from bcrdist.config import find_config, load_config
 from bcrdist.errors import ConfigError
+from bcrdist.launch.jobs import record_submission, submission_record
 from bcrdist.launch.submit import (SLURM_CONFIG_VAR, batch_script, check_configs, load_resources, make_executor,
                                    submit, sweep_configs, wait_and_report)
 from bcrdist.train.config import TrainConfig
@@ -78,7 +83,11 @@ def run_submit(args: argparse.Namespace) -> int:
         return 0
     jobs = submit(configs, res, folder, local=args.local)
     for job, cfg in zip(jobs, configs):
-        print(f"job {job.job_id}: run {cfg['run_dir']}, logs {job.paths.stdout}")
+        print(f"job {job.job_id}: run {cfg['run_dir']}, logs {job.paths.stdout}", flush=True)
+    # after the job lines: a record that cannot be written must not hide the ids of jobs already submitted
+    record = submission_record(jobs, configs, argv=sys.argv, cluster="local" if args.local else "slurm",
+                               folder=folder)
+    record_submission(base_run_dir, record)
     if args.wait:
         return wait_and_report(jobs, local=args.local)
     return 0
