@@ -11,3 +11,8 @@ class ConfigError(BcrdistError, ValueError):
 
 class DataError(BcrdistError, ValueError):
     """Malformed, inconsistent or corrupt data (wrong HDF5 layout, truncated shard, NaN, checksum)."""
+
+
+class HangError(BcrdistError):
+    """A rank of a distributed run did not answer within the process group's timeout (stopped, hung, or lost
+    with its node). Not a user error: the CLI exits with status 1."""

@@ -3,9 +3,10 @@
 Each entry of `SUBCOMMANDS` names the module that provides `add_<name>_arguments(parser)` and
 `run_<name>(args) -> int` (name with `-` written `_`).
 Modules are imported only when their subcommand runs, so `bcrdist --help` stays fast. User errors
-(`BcrdistError`, `ValueError`, missing files) print one line and exit with status 2; set
-BCRDIST_TRACEBACK=1 to see the traceback instead. A misspelt command or flag gets the closest one as a
-suggestion, a bare `key=value` the hint to write `--set key=value`.
+(`BcrdistError`, `ValueError`, missing files) print one line and exit with status 2; a rank of a distributed
+run that stopped answering (`HangError`) one line and status 1; set BCRDIST_TRACEBACK=1 to see the traceback
+instead. A misspelt command or flag gets the closest one as a suggestion, a bare `key=value` the hint to write
+`--set key=value`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import importlib
 import os
 import sys
 
-from bcrdist.errors import BcrdistError
+from bcrdist.errors import BcrdistError, HangError
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("bcrdist.cli.demo", "the whole pipeline on a small default: generate, train with 2 processes, evaluate"),
@@ -120,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     args = sub.parse_args(argv[1:])
     try:
         return int(getattr(module, f"run_{fn}")(args) or 0)
+    except HangError as exc:
+        # a rank that stopped answering: one line, status 1 (not the user-error status 2)
+        if os.environ.get("BCRDIST_TRACEBACK"):
+            raise
+        error_line(f"bcrdist {name}: error: {exc}")
+        return 1
     except (BcrdistError, ValueError, FileNotFoundError) as exc:
         if os.environ.get("BCRDIST_TRACEBACK"):
             raise

@@ -3,6 +3,12 @@
 `init_distributed()` detects the launcher (`bcrdist.distributed.launch_env`), initialises torch.distributed (nccl on
 the GPU `cuda_device_index` picks for this rank's Slurm binding, gloo on CPU) and returns a `DistContext`.
 Every collective helper here is a no-op for one process, so the training loop has one code path.
+
+The process group's timeout bounds every collective: `DistContext.set_timeout` changes it (the trainer allows
+start-up longer than a training step). The rendezvous store is made here, so that each rank's heartbeat
+(`bcrdist.distributed.heartbeat`) can name the rank that stopped answering when a collective fails
+(`DistContext.silence`); an NCCL process group also gets NCCL's error handling and flight recorder
+(`bcrdist.distributed.nccl_debug`).
 """
 
 from __future__ import annotations
@@ -10,11 +16,18 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from bcrdist.distributed.heartbeat import Heartbeat, Silence
 from bcrdist.distributed.launch_env import LaunchEnv, LaunchError, cuda_device_index, detect_environment
+from bcrdist.distributed.nccl_debug import use_nccl_debug_env
+
+# the heartbeat of this process's process group (one per process, as the process group), ended by
+# `shutdown_distributed`
+_heartbeat: Heartbeat | None = None
 
 
 @dataclass
@@ -24,6 +37,9 @@ class DistContext:
     env: LaunchEnv
     device: torch.device
     backend: str = ""
+    timeout_s: float = 0.0
+    heartbeat: Heartbeat | None = None
+    nccl_trace_dir: Path | None = None
 
     @property
     def rank(self) -> int:
@@ -84,12 +100,32 @@ class DistContext:
         if self.distributed:
             dist.barrier()
 
+    def set_timeout(self, timeout_s: float) -> None:
+        """Bound every later collective by `timeout_s` seconds (no-op for one process or an unchanged value)."""
+        if not self.distributed or timeout_s == self.timeout_s:
+            return
+        dist.distributed_c10d._set_pg_timeout(datetime.timedelta(seconds=timeout_s))
+        self.timeout_s = timeout_s
+        if self.heartbeat is not None:
+            self.heartbeat.set_timeout(timeout_s)
 
-def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistContext:
-    """Detect the launcher and initialise the process group.
+    def silence(self) -> Silence | None:
+        """After a failed collective: the ranks that stopped answering, or None (every rank is alive, or one
+        process)."""
+        return self.heartbeat.silence() if self.heartbeat is not None else None
 
-    `device`: 'auto' (this rank's GPU if CUDA is available, else CPU), 'cpu' or 'cuda'.
+
+def init_distributed(device: str = "auto", timeout_s: float = 600.0,
+                     nccl_trace_dir: str | os.PathLike | None = None) -> DistContext:
+    """Detect the launcher and initialise the process group, whose collectives time out after `timeout_s`
+    seconds (rendezvous included), and start this rank's heartbeat.
+
+    `device`: 'auto' (this rank's GPU if CUDA is available, else CPU), 'cpu' or 'cuda'. `nccl_trace_dir`: for
+    an NCCL process group, NCCL's error handling and flight recorder dumping into this folder
+    (`nccl_debug.use_nccl_debug_env`; the site's own settings win), made when the dumps go there (then it is
+    the context's `nccl_trace_dir`).
     """
+    global _heartbeat
     env = detect_environment()
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
@@ -102,17 +138,35 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistCont
     ctx = DistContext(env, dev)
     if env.world_size > 1:
         backend = "nccl" if use_cuda else "gloo"
+        if backend == "nccl" and nccl_trace_dir is not None:
+            if "TORCH_FR_DUMP_TEMP_FILE" in use_nccl_debug_env(nccl_trace_dir):
+                ctx.nccl_trace_dir = Path(nccl_trace_dir)
+                ctx.nccl_trace_dir.mkdir(parents=True, exist_ok=True)
         os.environ["MASTER_ADDR"] = env.master_addr
         os.environ["MASTER_PORT"] = str(env.master_port)
+        timeout = datetime.timedelta(seconds=timeout_s)
+        # the store init_process_group makes from tcp://ADDR:PORT (a server in rank 0's process, or in
+        # torchrun's agent on the first node), made here so that the heartbeats can use it; the process group
+        # gets it under the prefix init_process_group gives it
+        store, _, _ = next(dist.rendezvous(f"tcp://{env.master_addr}:{env.master_port}", env.rank,
+                                           env.world_size, timeout=timeout))
+        store.set_timeout(timeout)
         kwargs = {"device_id": dev} if use_cuda else {}
-        dist.init_process_group(backend, init_method=f"tcp://{env.master_addr}:{env.master_port}",
-                                rank=env.rank, world_size=env.world_size,
-                                timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
-        ctx.backend = backend
+        dist.init_process_group(backend, store=dist.PrefixStore("default_pg", store), rank=env.rank,
+                                world_size=env.world_size, timeout=timeout, **kwargs)
+        ctx.backend, ctx.timeout_s = backend, timeout_s
+        ctx.heartbeat = _heartbeat = Heartbeat(store, env.master_addr, env.master_port, env.rank, env.world_size,
+                                               timeout_s)
     return ctx
 
 
 def shutdown_distributed() -> None:
-    """Destroy the process group; must run before MPI finalises (mpi4py finalises at exit)."""
+    """End the heartbeat and destroy the process group; must run before MPI finalises (mpi4py finalises at
+    exit). It returns promptly also after a peer stopped answering: gloo's destroy waits for no peer, and a
+    heartbeat stuck on a silent store is left to the interpreter's exit (a daemon thread)."""
+    global _heartbeat
+    if _heartbeat is not None:
+        _heartbeat.stop()
+        _heartbeat = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

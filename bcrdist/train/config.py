@@ -237,6 +237,16 @@ class RuntimeConfig:
 
 
 @dataclass
+class DistributedConfig:
+    init_timeout_s: float = setting(1800.0, help="seconds a rank waits for the others in a collective from start-up "
+                                    "through the first optimizer step: rendezvous, run plan, Born fit on rank 0 "
+                                    "while the others wait, the first evaluation", low=0, low_open=True)
+    timeout_s: float = setting(600.0, help="seconds a rank waits for the others in every collective after the "
+                               "first optimizer step; a rank silent this long stops the run, naming it "
+                               "(docs/slurm.md)", low=0, low_open=True)
+
+
+@dataclass
 class LoggingConfig:
     tensorboard: bool = setting(False, help="also write TensorBoard event files to `RUN/tensorboard/` (rank 0; "
                                 "needs `pip install 'bcrdist[tensorboard]'`)")
@@ -257,6 +267,8 @@ class TrainConfig:
     checkpoint: CheckpointConfig = section(CheckpointConfig, help="when `last.pt` is written and where a run "
                                            "resumes from")
     runtime: RuntimeConfig = section(RuntimeConfig, help="device, precision, compilation, threads and signals")
+    distributed: DistributedConfig = section(DistributedConfig, help="process-group timeouts: how long a rank "
+                                             "waits for a rank that does not answer")
     logging: LoggingConfig = section(LoggingConfig, help="experiment logs beyond `train.log`, `metrics.jsonl` and "
                                      "`metrics.csv`")
     results_table: str | None = setting("results.tsv", help="one tab-separated row per run appended here "

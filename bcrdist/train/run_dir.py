@@ -14,8 +14,8 @@ RUN = `cfg.run_dir`:
 - A resume (`auto`, or a checkpoint path) compares the config with the one the checkpoint was written with:
   a change of what the run is (model, data preprocessing and noise, seed, schedule stages and rules that
   shape them, optimizer, precision, …) is refused listing the keys (`old → new`); the keys of `MAY_CHANGE`
-  (run length, checkpointing, logging, workers, threads, device, the best-model tracker's rules) may change,
-  and each change is a note for train.log. `data.path` may change (a data set copied to node-local disk):
+  (run length, checkpointing, logging, workers, threads, device, timeouts, the best-model tracker's rules) may
+  change, and each change is a note for train.log. `data.path` may change (a data set copied to node-local disk):
   the data set's identity (its `dataset_id`) is checked against the checkpoint's when the state loads.
 
 The claim also takes the run's lock: an exclusive POSIX record lock (`fcntl.lockf`) on `RUN/train.lock`,
@@ -52,12 +52,14 @@ LOCK_NAME = "train.lock"
 # a file or folder that only a training run writes
 RUN_FILES = ("config.yaml", "results.json", "metrics.jsonl")
 # config keys (a trailing '.' names a section) that a resumed run may change: how long it runs, where and how
-# fast it runs, what it logs and checkpoints, and the tracker's rules (applied to the saved tracker state)
+# fast it runs, how long its ranks wait for each other, what it logs and checkpoints, and the tracker's rules
+# (applied to the saved tracker state)
 MAY_CHANGE = ("run_dir", "data.path", "data.num_workers", "data.preload", "schedule.max_steps",
               "schedule.patience", "schedule.patience_lr", "schedule.rel_threshold", "schedule.reduce_lr",
               "schedule.reduce_lr_factor", "schedule.max_nan_failures", "schedule.nan_lr_factor", "checkpoint.",
               "runtime.device", "runtime.compile", "runtime.threads", "runtime.log_every_steps",
-              "runtime.requeue_signal", "results_table", "logging.")
+              "runtime.requeue_signal", "distributed.init_timeout_s", "distributed.timeout_s", "results_table",
+              "logging.")
 MAX_STEPS_REASON = "reached schedule.max_steps"
 
 

@@ -40,13 +40,14 @@ from bcrdist.config import to_dict
 from bcrdist.data.format import read_manifest
 from bcrdist.distributed import DistContext, init_distributed, shutdown_distributed
 from bcrdist.distributed.collective import on_main
-from bcrdist.errors import BcrdistError, DataError
+from bcrdist.errors import BcrdistError, DataError, HangError
 from bcrdist.fileio import atomic_write_bytes, atomic_write_json, json_safe
 from bcrdist.metrics import PIXEL_MAX, summarize
 from bcrdist.models.checkpoint import load_checkpoint, load_model_state, remove_stale_temporaries, save_model
 from bcrdist.train.best_model import BestModelTracker
 from bcrdist.train.config import TrainConfig
 from bcrdist.train.evaluation import NonFiniteSamples, check_finite, evaluate_model, gather, sample_list
+from bcrdist.train.hang import hang_message
 from bcrdist.train.model_setup import build_model
 from bcrdist.train.plan import RunPlan, make_plan
 from bcrdist.train.provenance import run_provenance
@@ -252,6 +253,7 @@ class Trainer:
         self.scaler.step(optimizer)
         self.scaler.update()
         optimizer.zero_grad(set_to_none=True)
+        self.ctx.set_timeout(self.cfg.distributed.timeout_s)    # start-up is over: the shorter timeout from now on
         return global_loss
 
     def check_batch(self, stage: Stage, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> None:
@@ -544,17 +546,27 @@ def train(cfg: TrainConfig, restart: bool = False) -> dict:
     """Run training in this process (one rank of whatever launched it), holding the run directory for the
     run's lifetime. `restart`: move a run already in `cfg.run_dir` aside and start over. A finished run
     given `checkpoint.resume = auto` returns {"status": "complete", "stop_reason", "message"} untouched."""
-    ctx = init_distributed(cfg.runtime.device)
-    held = None
+    ctx = init_distributed(cfg.runtime.device, cfg.distributed.init_timeout_s,
+                           nccl_trace_dir=Path(cfg.run_dir) / "nccl_trace")
+    held = trainer = None
     try:
         plan = on_main(ctx, lambda: make_plan(cfg, read_manifest(cfg.data.path), ctx.world_size))
         held = claim(cfg, ctx, restart)
+        if ctx.nccl_trace_dir is not None:      # --restart moved RUN, with the folder made at start-up, aside
+            ctx.nccl_trace_dir.mkdir(parents=True, exist_ok=True)
         if held.complete:
             if ctx.is_main:
                 print(held.complete, flush=True)
             ctx.barrier()
             return {"status": "complete", "stop_reason": held.stop_reason, "message": held.complete}
-        return Trainer(cfg, ctx, plan).run(notes=held.notes)
+        trainer = Trainer(cfg, ctx, plan)
+        return trainer.run(notes=held.notes)
+    except RuntimeError as exc:
+        # a failed collective (gloo raises once the timeout has passed): name the ranks that stopped answering
+        silence = ctx.silence()
+        if silence is None:
+            raise
+        raise HangError(hang_message(cfg, ctx, silence, trainer.progress.step if trainer else 0)) from exc
     finally:
         if held is not None:
             held.release()
