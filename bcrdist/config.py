@@ -252,6 +252,8 @@ def _coerce(value: Any, tp: Any, where: str, bounds: Range | tuple[Range, ...] |
         choices = typing.get_args(tp)
         if isinstance(value, bool) and str(value).lower() in choices:
             value = str(value).lower()      # YAML reads `compile: false` as a bool
+        elif isinstance(value, bool) and ("on" if value else "off") in choices:
+            value = "on" if value else "off"    # and, being YAML 1.1, `wandb: off` too
         elif isinstance(value, int) and str(value) in choices:
             value = str(value)              # and `precision: 32` as an int
         if value not in choices:

@@ -14,7 +14,8 @@ import pytest
 
 from bcrdist.cli import main
 from bcrdist.cli.config import config_tables
-from bcrdist.config import Range, config_keys, parse_yaml, section, setting, type_text, value_text
+from bcrdist.config import (Range, config_keys, load_config, parse_yaml, section, setting, to_dict, type_text,
+                            value_text)
 from bcrdist.config_reference import markdown_table, update_reference
 from bcrdist.errors import ConfigError
 from bcrdist.physics.generation_config import GenerationConfig
@@ -76,7 +77,10 @@ def test_every_field_its_default_and_meaning_are_in_the_docs(block, cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         parsed = parse_yaml(rows[key]["default"].replace("\\|", "|"))
         if isinstance(default, str):
-            parsed = str(parsed)                 # a choice like "32" reads back as the int 32
+            # as the loader reads the cell: YAML makes the choice `32` an int and (YAML 1.1) `off` false
+            parsed = to_dict(load_config(None, cls, [f"{key}={rows[key]['default']}"]))
+            for part in key.split("."):
+                parsed = parsed[part]
         assert plain(parsed) == plain(default), (key, parsed, default)
         assert rows[key]["help"] == cell, key
         keys.add(key)

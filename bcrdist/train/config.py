@@ -249,7 +249,17 @@ class DistributedConfig:
 @dataclass
 class LoggingConfig:
     tensorboard: bool = setting(False, help="also write TensorBoard event files to `RUN/tensorboard/` (rank 0; "
-                                "needs `pip install 'bcrdist[tensorboard]'`)")
+                                "needs `pip install 'bcrdist[tensorboard]'`): every evaluation's fields, the "
+                                "training loss every `runtime.log_every_steps` steps (`train/loss_step`), and the "
+                                "best model's final errors (`test/rel_l2_mean`, …) with the run's hyperparameters")
+    wandb: Literal["off", "offline", "online"] = setting(
+        "off", help="also log to a Weights & Biases run in `RUN/wandb/` what TensorBoard gets (rank 0; needs `pip "
+        "install 'bcrdist[wandb]'`): `offline` never touches the network (upload later with `wandb sync "
+        "RUN/wandb/offline-run-*`), `online` streams to the W&B server; `RUN/wandb_run.json` keeps the W&B run's "
+        "id, so a resumed or requeued training continues that run (`--restart` starts a new one)")
+    wandb_project: str = setting("bcrdist", help="the W&B project of the run")
+    wandb_entity: str | None = setting(None, help="the W&B entity (user or team) of the run; null = the default "
+                                       "entity of your W&B login")
 
 
 @dataclass

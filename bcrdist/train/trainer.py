@@ -98,8 +98,10 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.ckpt_dir)
         ctx.barrier()
+        lg = cfg.logging
         self.log = RunLogger(self.run_dir, enabled=ctx.is_main, every_steps=rt.log_every_steps,
-                             tensorboard=cfg.logging.tensorboard)
+                             tensorboard=lg.tensorboard, wandb=lg.wandb, wandb_project=lg.wandb_project,
+                             wandb_entity=lg.wandb_entity, config=to_dict(cfg))
         seed_everything(cfg.seed)
 
         self.data = TrainingData(cfg, ctx, plan)
@@ -314,14 +316,20 @@ class Trainer:
         self.preempt = PreemptionFlag(("USR2" if rt.requeue_signal.upper() == "USR2" else rt.requeue_signal, "TERM"),
                                       interrupt=True, announce=ctx.is_main)
         try:
-            stopped_by = self._run_stages()
-        finally:
-            self.preempt.restore()
-            self.log.close()
-        if isinstance(stopped_by, dict):
-            return stopped_by
-        self.best.restore()
-        return self.finish(time.time() - t_start)
+            try:
+                on_main(ctx, self.log.start)    # a W&B run that cannot start stops every rank, before training
+                outcome = self._run_stages()
+            finally:
+                self.preempt.restore()
+            if not isinstance(outcome, dict):
+                self.best.restore()
+                outcome = self.finish(time.time() - t_start)
+        except BaseException:
+            # the trackers close on every exit path, after the final metrics; W&B marks this run failed
+            self.log.close(failed=True)
+            raise
+        self.log.close()
+        return outcome
 
     def _start_stage(self, stage: Stage) -> None:
         """A stage's start: optimizer moments reset at a phase change (or every stage with
@@ -357,8 +365,8 @@ class Trainer:
                 # resumed at the limit: train no further step (and take no batch from the reader)
                 at_limit = max_steps is not None and p.step >= max_steps
                 batches = iter(()) if at_limit else self.data.train_batches(epoch, per_rank)
-                bar = self.log.progress(0 if at_limit else self.data.train_steps(per_rank) - self.data.position.batch,
-                                        f"{stage.name} epoch {epoch + 1}")
+                left = 0 if at_limit else self.data.train_steps(per_rank) - self.data.position.consumed(epoch)
+                bar = self.log.progress(left, f"{stage.name} epoch {epoch + 1}")
                 t_wait = time.time()
                 for x, y, index in batches:
                     wait += time.time() - t_wait
@@ -452,7 +460,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ the end
     def finish(self, wall: float) -> dict:
-        """Final metrics of the best model on the validation and test splits, results.json, results table."""
+        """Final metrics of the best model on the validation and test splits (also to the experiment
+        trackers), results.json, results table."""
         if self.ctx.is_main and not (self.ckpt_dir / "best.pt").is_file():
             # only keras_compat gets here (its best error starts at 1; a non-finite evaluation stops the run)
             self.log.info(f"note: no evaluation improved on the starting best error {self.tracker.best_err:.4g} "
@@ -470,6 +479,8 @@ class Trainer:
             "selection_metric": self.data.choice.metric, "target": self.data.choice.layout.target_kind,
             "model": self.model.summary(), "noise": self.cfg.data.noise_record(),
         }
+        # before results.json: a run whose trackers failed here is not complete, and a resume retries them
+        on_main(self.ctx, lambda: self.log.final_metrics(errors, self.progress.step))
         path = self.run_dir / "results.json"
         self.written_by_rank0(path, lambda: atomic_write_json(path, json_safe(results)))
         if self.cfg.results_table:

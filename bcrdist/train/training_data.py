@@ -66,6 +66,12 @@ class ReaderPosition:
         """Batches of the current epoch consumed so far."""
         return int(self.state_dict()["batch"])
 
+    def consumed(self, epoch: int) -> int:
+        """Batches of `epoch` consumed before its batches are asked for: those of a resumed epoch, 0 for an
+        epoch not started (the position then still holds the previous epoch's)."""
+        state = self.state_dict()
+        return int(state["batch"]) if int(state["epoch"]) == epoch else 0
+
     def state_dict(self) -> dict:
         if self.reader is not None:
             return self.reader.state_dict()
