@@ -4,16 +4,23 @@ checkpoints, results).
 A file is written under a hidden temporary name in its own directory, flushed to disk and renamed over the
 final name, so an interrupted writer never leaves a file that looks complete. A failed write (disk full, I/O
 error) removes the temporary and raises an OSError whose message is one line naming the final file.
+
+Every file bcrdist opens for writing is opened by `open_nofollow`, which never writes through a symbolic link
+or into anything but a regular file: a temporary is created anew (whatever has its name is removed first), and
+a log or lock file that is a link is refused with one line naming it, its target untouched. A rename over a
+final name that is a link replaces the link itself, never its target.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import math
 import os
 import pathlib
+import stat
 from typing import Any, BinaryIO, Callable
 
 PathLike = str | os.PathLike
@@ -60,6 +67,74 @@ def fsync_file(path: pathlib.Path) -> None:
         os.close(fd)
 
 
+class NotFollowedError(OSError):
+    """A write refused because its path is a symbolic link or not a regular file; nothing was written."""
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}" if self.filename is not None else super().__str__()
+
+
+NOT_FOLLOWED = "is a symbolic link, not followed: nothing written"
+NOT_REGULAR = "is not a regular file: nothing written"
+
+# O_NOFOLLOW: a link at the final component fails the open (ELOOP) instead of being followed; O_NONBLOCK: a
+# FIFO fails (no reader) or opens at once instead of blocking, and is then refused as not a regular file
+_OPEN_FLAGS = {"new": os.O_RDWR | os.O_CREAT | os.O_EXCL, "append": os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+               "update": os.O_RDWR | os.O_CREAT, "truncate": os.O_RDWR | os.O_CREAT}
+
+
+def _refusal(path: PathLike) -> NotFollowedError | None:
+    """The refusal of writing `path` when it is a link or not a regular file; None when it is neither or absent."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(mode):
+        return NotFollowedError(errno.ELOOP, NOT_FOLLOWED, str(path))
+    if not stat.S_ISREG(mode):
+        return NotFollowedError(errno.EINVAL, NOT_REGULAR, str(path))
+    return None
+
+
+def check_write_target(path: PathLike) -> None:
+    """Refuse now, as `open_nofollow` would when the file is opened later, a symbolic link or anything but a
+    regular file at `path` (NotFollowedError); nothing there is fine."""
+    refusal = _refusal(path)
+    if refusal is not None:
+        raise refusal
+
+
+def open_nofollow(path: PathLike, mode: str) -> int:
+    """A descriptor of the regular file `path` opened for writing, never through a symbolic link at its last
+    component (the directories above may be links: a run directory on scratch space often is).
+
+    `mode`: "new", a temporary of bcrdist's own: whatever has its name (a killed writer's leftover, a planted
+    link) is removed and the file created exclusively; "append", a log, created when missing, every write at its
+    end; "update", read and write without truncating (a lock file: it is truncated only once it is locked);
+    "truncate", read and write from an empty file, truncated only once it is known to be a regular file.
+    A link or anything but a regular file (a FIFO, a device) raises NotFollowedError, one line naming `path`;
+    the file it points at is not opened, let alone changed.
+    """
+    if mode == "new":
+        pathlib.Path(path).unlink(missing_ok=True)
+    try:
+        fd = os.open(path, _OPEN_FLAGS[mode] | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        # ELOOP: a link at the last component; ENXIO: a FIFO without a reader, or a socket
+        if exc.errno in (errno.ELOOP, errno.ENXIO):
+            check_write_target(path)
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotFollowedError(errno.EINVAL, NOT_REGULAR, str(path))
+        if mode == "truncate":
+            os.ftruncate(fd, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def temp_path(final: pathlib.Path) -> pathlib.Path:
     """A hidden temporary name next to `final` (same directory, so the rename is atomic)."""
     return final.with_name(f".{final.name}.{os.getpid()}.tmp")
@@ -79,7 +154,7 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> pathlib.P
     gets the usual mode (0666 less the umask), so a shared run directory stays readable by the group.
     """
     def fill(tmp: pathlib.Path) -> None:
-        with open(tmp, "wb") as fh:
+        with open(open_nofollow(tmp, "new"), "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
@@ -130,11 +205,8 @@ def atomic_write_files(contents: dict[pathlib.Path, bytes]) -> list[pathlib.Path
             current = pathlib.Path(path)
             current.parent.mkdir(parents=True, exist_ok=True)
             temps[current] = temp_path(current)
-            # a new file, never one a symlink planted under the temporary's name points at: whatever has that
-            # name (a killed writer's leftover, a link) is removed, then the file is created exclusively
-            temps[current].unlink(missing_ok=True)
-            fd = os.open(temps[current], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
-            with open(fd, "wb") as fh:
+            # a new file, never one a symlink planted under the temporary's name points at
+            with open(open_nofollow(temps[current], "new"), "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -203,14 +275,16 @@ class HeldErrorFile(io.RawIOBase):
     a segmentation fault. Here the first OSError is held instead (`error`), HDF5 carries on undisturbed and
     closes the file, and the caller raises the error afterwards (see `atomic_write_held`). Writes after the
     error are kept in memory, so that what HDF5 reads back is what it wrote; the caller stops writing data
-    as soon as `error` is set, which bounds that memory by one slab plus HDF5's caches.
+    as soon as `error` is set, which bounds that memory by one slab plus HDF5's caches. `path` is a temporary,
+    created anew (`open_nofollow`'s "new"): h5py writes through this object, never by name, so no link is
+    followed between a check and the open.
     """
 
     def __init__(self, path: PathLike):
         super().__init__()
         self.path = pathlib.Path(path)
         self.error: OSError | None = None
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+        self._fd = open_nofollow(self.path, "new")
         self._pos = 0
         self._held: list[tuple[int, bytes]] = []
 

@@ -1,4 +1,6 @@
-"""Random files in the two original layouts, for tests, benchmarks and trying the tools without real data."""
+"""Random files in the two original layouts, for tests, benchmarks and trying the tools without real data.
+
+A symbolic link at the path is refused (`open_nofollow`), not written through."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ import pathlib
 
 import h5py
 import numpy as np
+
+from bcrdist.fileio import open_nofollow
 
 
 def make_fan_file(path, num_samples: int, *, ns: int = 16, nd: int = 8, nt: int = 16, nr: int = 6,
@@ -18,7 +22,7 @@ def make_fan_file(path, num_samples: int, *, ns: int = 16, nd: int = 8, nt: int 
     """
     rng = np.random.default_rng(seed)
     path = pathlib.Path(path)
-    with h5py.File(path, "w") as fh:
+    with open(open_nofollow(path, "truncate"), "r+b") as raw, h5py.File(raw, "w") as fh:
         names = {"measure": ((ns, nd), dtype), "coe": ((nt, nr), coe_dtype)}
         if measure2:
             names["measure2"] = ((ns, nd), dtype)
@@ -38,7 +42,7 @@ def make_farfield_file(path, num_samples: int, *, side: int = 10, image_side: in
     """The far-field/image `.hdf5`: `farfield.real`, `farfield.imag`, `image`, each (side², N) float32."""
     rng = np.random.default_rng(seed)
     path = pathlib.Path(path)
-    with h5py.File(path, "w") as fh:
+    with open(open_nofollow(path, "truncate"), "r+b") as raw, h5py.File(raw, "w") as fh:
         fh["farfield.real"] = rng.standard_normal((side * side, num_samples)).astype("float32")
         if imag:
             fh["farfield.imag"] = rng.standard_normal((side * side, num_samples)).astype("float32")

@@ -32,7 +32,7 @@ from pathlib import Path
 from submitit.core.utils import JobPaths
 
 from bcrdist.errors import BcrdistError
-from bcrdist.fileio import fsync_dir, one_line
+from bcrdist.fileio import NotFollowedError, fsync_dir, one_line, open_nofollow
 
 SUBMISSIONS = "submissions.jsonl"
 CLUSTERS = ("slurm", "local")
@@ -102,18 +102,15 @@ def record_submission(run_dir: str | Path, record: dict) -> Path:
     path = Path(run_dir) / SUBMISSIONS
     line = (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n").encode()
     lost = f"the submission is not recorded (submitted: {submitted_text(record)})"
-    # O_NONBLOCK: a FIFO planted at the path fails at once instead of blocking the open
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, flags, 0o666)
+        fd = open_nofollow(path, "append")
+    except NotFollowedError as exc:
+        what = "is a symbolic link, not written through" if exc.errno == errno.ELOOP else "not a regular file"
+        raise JobsError(f"{path}: {what}: {lost}") from None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise JobsError(f"{path}: is a symbolic link, not written through: {lost}") from None
         raise OSError(exc.errno, f"{path}: cannot write: {exc.strerror}: {lost}") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise JobsError(f"{path}: not a regular file: {lost}")
         view = memoryview(line)
         while view:
             view = view[os.write(fd, view):]

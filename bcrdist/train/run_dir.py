@@ -20,15 +20,17 @@ RUN = `cfg.run_dir`:
 
 The claim also takes the run's lock: an exclusive POSIX record lock (`fcntl.lockf`) on `RUN/train.lock`,
 held through an open descriptor for the run's lifetime, and refused to a second run (the message names the
-holder: the pid, host and start time the holder wrote into the file). The kernel (or the file server) drops
-the lock when its process ends in any way, SIGKILL included, so no stale lock outlives a run; the file itself
-stays. POSIX locks are the ones network file systems carry between nodes: NFSv3 through the NLM protocol
-(lockd/statd; a `nolock` mount keeps locks local to one client), NFSv4 natively (lease-based: the locks of a
-client that crashed are released when its lease expires, 90 s by default), Lustre when mounted with `-o flock`
-(`localflock` makes them node-local, the default `noflock` refuses them), IBM Storage Scale (GPFS) and CephFS
-cluster-wide, BeeGFS with `tuneUseGlobalFileLocks`. Where the file system refuses locks altogether the run
-goes on without one and says so in train.log. Under DDP only rank 0 claims; the trainer broadcasts the
-outcome so that every rank goes on or stops together.
+holder: the pid, host and start time the holder wrote into the file, which is truncated only once it is
+locked). A symbolic link (or anything but a regular file) at `train.lock`, `train.log`, `metrics.jsonl` or
+`metrics.csv` is refused in one line before anything is written, its target untouched. The kernel (or the
+file server) drops the lock when its process ends in any way, SIGKILL included, so no stale lock outlives a
+run; the file itself stays. POSIX locks are the ones network file systems carry between nodes: NFSv3 through
+the NLM protocol (lockd/statd; a `nolock` mount keeps locks local to one client), NFSv4 natively (lease-based:
+the locks of a client that crashed are released when its lease expires, 90 s by default), Lustre when mounted
+with `-o flock` (`localflock` makes them node-local, the default `noflock` refuses them), IBM Storage Scale
+(GPFS) and CephFS cluster-wide, BeeGFS with `tuneUseGlobalFileLocks`. Where the file system refuses locks
+altogether the run goes on without one and says so in train.log. Under DDP only rank 0 claims; the trainer
+broadcasts the outcome so that every rank goes on or stops together.
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ import yaml
 
 from bcrdist.config import to_dict, value_text
 from bcrdist.errors import BcrdistError
+from bcrdist.fileio import NotFollowedError, check_write_target, open_nofollow
 from bcrdist.models.checkpoint import load_checkpoint
+from bcrdist.train.run_log import LOG_NAMES
 
 LOCK_NAME = "train.lock"
 # a file or folder that only a training run writes
@@ -61,6 +65,8 @@ MAY_CHANGE = ("run_dir", "data.path", "data.num_workers", "data.preload", "sched
               "runtime.requeue_signal", "distributed.init_timeout_s", "distributed.timeout_s", "results_table",
               "logging.")
 MAX_STEPS_REASON = "reached schedule.max_steps"
+# what a refusal of a link (or a FIFO, …) planted at one of the run's files says to do
+NOT_OWN_FILE = "remove it, or train into another run_dir"
 
 
 class RunDirError(BcrdistError):
@@ -76,7 +82,10 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = open_nofollow(self.path, "update")
+        except NotFollowedError as exc:
+            raise RunDirError(f"{exc}; {NOT_OWN_FILE}") from None
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -231,6 +240,12 @@ def claim_run_dir(cfg, restart: bool = False) -> Claim:
             claim = _restart(run_dir, claim, resume)
             resume = claim.resume or resume
             held = []
+        # the logs are appended to in place: a planted link is refused now, before anything is trained
+        for name in LOG_NAMES:
+            try:
+                check_write_target(run_dir / name)
+            except NotFollowedError as exc:
+                raise RunDirError(f"{exc}; {NOT_OWN_FILE}") from None
         last = run_dir / "checkpoints" / "last.pt"
         if resume is None:
             if held:

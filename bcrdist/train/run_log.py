@@ -1,7 +1,7 @@
 """Run logging on rank 0: `train.log` (human lines, also printed), `metrics.jsonl` (one JSON object per
 evaluation), the same records as `metrics.csv`, the experiment trackers (TensorBoard event files in
 `tensorboard/`, a Weights & Biases run in `wandb/`), and per-epoch progress (`bcrdist.progress.Progress`).
-Other ranks log nothing.
+Other ranks log nothing. The logs are appended to in place, never through a symbolic link (`open_nofollow`).
 
 The CSV's columns are those of its first record (a resumed run appends rows under the existing header;
 keys a later record lacks are empty cells). Both trackers get, at the optimizer step as their step: every
@@ -19,18 +19,21 @@ import csv
 import importlib.util
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 
 from bcrdist.errors import BcrdistError, ConfigError
-from bcrdist.fileio import atomic_write_files, one_line, to_json, write_error
+from bcrdist.fileio import atomic_write_files, one_line, open_nofollow, to_json, write_error
 from bcrdist.progress import Progress
 
 # record fields that are positions or flags rather than measurements
 _NOT_SCALARS = {"phase", "stage", "epoch", "step", "improved", "wall_time"}
 # the W&B run of a run directory (id, project, entity, mode), read by a resumed training
 WANDB_RECORD = "wandb_run.json"
+# the logs appended to in RUN: train.log, the metrics records, the same as CSV
+LOG_NAMES = ("train.log", "metrics.jsonl", "metrics.csv")
 
 
 class TrackerError(BcrdistError):
@@ -121,9 +124,7 @@ class RunLogger:
         self.enabled = enabled
         self.every_steps = every_steps
         self.run_dir = Path(run_dir)
-        self.log_path = self.run_dir / "train.log"
-        self.metrics_path = self.run_dir / "metrics.jsonl"
-        self.csv_path = self.run_dir / "metrics.csv"
+        self.log_path, self.metrics_path, self.csv_path = (self.run_dir / name for name in LOG_NAMES)
         self.tensorboard_dir = self.run_dir / "tensorboard" if tensorboard else None
         if tensorboard and importlib.util.find_spec("tensorboard") is None:
             raise ConfigError("logging.tensorboard: true needs the tensorboard package: "
@@ -184,21 +185,21 @@ class RunLogger:
 
     @staticmethod
     def _append(path: Path, text: str) -> None:
-        """Append to one of the run's logs; a failing disk is one line naming the file."""
+        """Append to one of the run's logs, never through a symbolic link; a failing disk is one line naming
+        the file."""
         try:
-            with open(path, "a") as f:
+            with open(open_nofollow(path, "append"), "a") as f:
                 f.write(text)
         except OSError as exc:
             raise write_error(path, exc) from None
 
     def _csv_row(self, record: dict) -> None:
-        if self.csv_path.is_file() and self.csv_path.stat().st_size:
-            with open(self.csv_path, newline="") as f:
-                columns = next(csv.reader(f))
-            new = False
-        else:
-            columns, new = list(record), True
-        with open(self.csv_path, "a", newline="") as f:
+        with open(open_nofollow(self.csv_path, "append"), "a", newline="") as f:
+            if os.fstat(f.fileno()).st_size:
+                with open(self.csv_path, newline="") as existing:
+                    columns, new = next(csv.reader(existing)), False
+            else:
+                columns, new = list(record), True
             writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", restval="")
             if new:
                 writer.writeheader()
