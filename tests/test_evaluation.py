@@ -1,17 +1,27 @@
 """The one evaluation loop (`bcrdist.train.evaluation.evaluate_model`), checked against NumPy, and its
-refusal of non-finite errors (naming the samples, data or model at fault)."""
+refusal of non-finite errors (naming the samples, data or model at fault); `bcrdist evaluate` writes every
+sample (or the first --max-saved, saying so) in the same order for any number of ranks, and its histogram
+counts every sample (its mean is the printed one)."""
 
 from __future__ import annotations
 
+import json
+import re
+
+import h5py
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from bcrdist.cli.main import main
 from bcrdist.distributed.launch_env import LaunchEnv
 from bcrdist.distributed.process_group import DistContext
 from bcrdist.errors import DataError
-from bcrdist.train.evaluation import NonFiniteSamples, check_finite, evaluate_model, sample_list
+from bcrdist.train import plots
+from bcrdist.train.evaluation import (KeptSamples, NonFiniteSamples, check_finite, evaluate_model, merged,
+                                      sample_list)
+from prediction_helpers import model_of, save_checkpoint, write_dataset
 from train_helpers import one_process
 
 
@@ -103,3 +113,67 @@ def test_non_finite_predictions_of_finite_data_are_the_models_fault():
 def test_sample_lists_are_short():
     assert sample_list([3, 17]) == "3, 17"
     assert sample_list(range(20)) == "0, 1, 2, 3, 4, 5, 6, 7, … (20 samples)"
+
+
+def kept_parts(batches, limit, world: int) -> list:
+    """`KeptSamples.local()` of each of `world` ranks that took turns with `batches` (x, y, index)."""
+    parts = []
+    for rank in range(world):
+        keep = KeptSamples("rel_l2", limit)
+        for i, (x, y, index) in enumerate(batches):
+            if i % world == rank:
+                keep(x, y, 2 * y, {"rel_l2": index.float() / 10}, index)
+        parts.append(keep.local())
+    return parts
+
+
+@pytest.mark.parametrize("limit", [None, 4])
+def test_the_saved_samples_and_the_histogram_do_not_depend_on_the_number_of_ranks(limit):
+    rng = np.random.default_rng(3)
+    batches = [(torch.from_numpy(rng.standard_normal((3, 4, 3))).float(),
+                torch.from_numpy(rng.standard_normal((3, 4, 2))).float(), torch.arange(3) + 3 * i) for i in range(5)]
+    one = merged(kept_parts(batches, limit, 1), limit)
+    for world in (2, 3):
+        kept, errors = merged(kept_parts(batches, limit, world), limit)
+        assert kept.keys() == one[0].keys() and all(np.array_equal(kept[k], one[0][k]) for k in kept)
+        np.testing.assert_array_equal(errors, one[1])
+    kept, errors = one
+    assert kept["index"].tolist() == list(range(15 if limit is None else limit))
+    np.testing.assert_allclose(errors, np.arange(15) / 10, rtol=1e-6)        # every sample, in index order
+    np.testing.assert_array_equal(kept["pred"], 2 * kept["target"])
+
+
+def test_evaluate_saves_every_sample_and_the_histogram_mean_is_the_printed_mean(tmp_path, capsys, monkeypatch):
+    """More than the 100 samples evaluate used to keep: all are written, unless --max-saved says otherwise (and
+    then the output says so), and the histogram always counts every sample."""
+    data = write_dataset(tmp_path / "data", "measure", n=130)
+    ckpt = save_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt", model_of("bcrnet-measure"), data)
+    histograms = []
+    draw = plots.histogram_figure
+
+    def recorded(errors, label, title=None):
+        fig = draw(errors, label, title)
+        ax = fig.axes[0]
+        histograms.append((len(errors), ax.get_legend().get_texts()[0].get_text(), ax.get_xlabel(), title))
+        return fig
+
+    monkeypatch.setattr(plots, "histogram_figure", recorded)
+    for max_saved in (None, 7):
+        out = tmp_path / f"eval-{max_saved}"
+        extra = [] if max_saved is None else ["--max-saved", str(max_saved)]
+        assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--split", "all", "--out", str(out),
+                     "--plots", "1", *extra]) == 0
+        printed = capsys.readouterr().out
+        mean = re.search(r"radius-weighted relative error (\d+\.\d{4})", printed).group(1)
+        saved = 130 if max_saved is None else max_saved
+        with h5py.File(out / "predictions.h5", "r") as fh:
+            assert fh["pred"].shape == fh["pred_eta"].shape == (saved, 16, 6)
+            assert fh["index"][()].tolist() == list(range(saved))
+            assert (fh.attrs["saved_samples"], fh.attrs["total_samples"], fh.attrs["max_saved"]) == \
+                (saved, 130, -1 if max_saved is None else max_saved)
+        assert json.loads((out / "metrics.json").read_text())["saved_samples"] == saved
+        said = f"predictions.h5: the first 7 of 130 samples (--max-saved 7)"
+        assert (said in printed) == (max_saved is not None)
+        count, legend, label, title = histograms.pop()
+        assert count == 130 and legend == f"mean {mean} (130 samples)" and label == "radius-weighted relative error"
+        assert title == f"run/checkpoints/best.pt on split 'all' of {tmp_path.name}/data, no noise"

@@ -81,3 +81,39 @@ def test_both_kinds_render_to_png(tmp_path, kind):
                                                                                          else 3.4) * 90, abs=1)
     hist = plots.plot_error_histogram(errors, tmp_path / "hist.png", label="relative L2 error")
     assert hist.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("kind", ["polar", "cartesian"])
+def test_sample_figures_say_what_they_show(kind):
+    """A title (checkpoint, split, noise), labelled colour bars, the error as prediction − truth on a diverging
+    map centred at 0, the metric named beside each sample's value."""
+    shape, grid, panels = ((16, 6), None, 5) if kind == "polar" else ((12, 12), _grid(), 3)
+    true, pred, errors = _images(shape)
+    title = "run/checkpoints/best.pt on split 'test' of data/demo, noise 5 % (fan)"
+    fig = plots.sample_figure(true, pred, errors, [4, 7], grid, title=title, metric="rel_l2")
+    try:
+        assert fig._suptitle.get_text() == title
+        axes, bars = fig.axes[:2 * panels], fig.axes[2 * panels:]
+        assert [bar.get_ylabel() for bar in bars[:3]] == ["η", "η", "prediction − truth (η)"]
+        error = axes[2].images[0]
+        assert "prediction − truth" in axes[2].get_title() and error.get_cmap().name == "RdBu_r"
+        low, high = error.get_clim()
+        assert low == -high and high == pytest.approx(np.abs(pred[0] - true[0]).max())
+        assert f"relative L2 error {errors[0]:.3f}" in axes[panels - 1].get_title()
+    finally:
+        plt.close(fig)
+
+
+def test_the_histogram_names_its_metric_and_counts_in_whole_samples():
+    errors = np.array([0.11, 0.12, 0.12, 0.3, 0.31])
+    fig = plots.histogram_figure(errors, plots.metric_label("rel_l2"), title="best.pt on split 'test'")
+    try:
+        ax = fig.axes[0]
+        fig.canvas.draw()
+        assert ax.get_xlabel() == "relative L2 error" and ax.get_ylabel() == "samples"
+        assert ax.get_title() == "best.pt on split 'test'"
+        assert ax.get_legend().get_texts()[0].get_text() == f"mean {errors.mean():.4f} (5 samples)"
+        ticks = [t for t in ax.get_yticks() if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+    finally:
+        plt.close(fig)

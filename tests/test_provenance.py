@@ -48,7 +48,8 @@ def test_record_fields():
     cfg = load_config(None, TrainConfig)
     record = run_provenance(cfg, "abc123")
     assert set(record) == {"bcrdist_version", "git_revision", "git_dirty", "config_sha256", "dataset_id",
-                           "torch_version"}
+                           "dataset_grid", "torch_version"}
+    assert record["dataset_grid"] is None
     assert record["bcrdist_version"] == bcrdist.__version__ and record["torch_version"] == torch.__version__
     assert record["dataset_id"] == "abc123" and record["config_sha256"] == config_sha256(cfg)
     json.dumps(record)                                            # JSON-ready as it is

@@ -202,6 +202,10 @@ def test_evaluation_under_torchrun_is_exact(data, tmp_path):
     for name in ("weighted", "rel_l2"):
         assert abs(one[name]["mean"] - two[name]["mean"]) < 1e-6
         assert abs(one[name]["max"] - two[name]["max"]) < 1e-6
+    # every sample saved, in index order, whatever the number of ranks
+    with h5py.File(tmp_path / "one/predictions.h5") as f1, h5py.File(tmp_path / "two/predictions.h5") as f2:
+        assert f1["index"][()].tolist() == f2["index"][()].tolist() and len(f1["index"]) == 60
+        np.testing.assert_allclose(f1["pred_eta"][()], f2["pred_eta"][()], rtol=1e-5, atol=1e-6)
 
 
 def test_initial_weights_branch_and_keras_compat(data, tmp_path):

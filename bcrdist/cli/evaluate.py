@@ -1,7 +1,8 @@
 """`bcrdist evaluate --checkpoint RUN/checkpoints/best.pt --data DIR [--split test] [--out DIR] [--noise PERCENT
---noise-model fan|complex|additive] [--seed N]`: exact metrics, predictions and plots of a checkpoint on a split
-(`bcrdist.train.evaluation`), under the measurement noise of `bcrdist.noise` (the draw `bcrdist baseline`
-makes with the same seed); runs under torchrun too."""
+--noise-model fan|complex|additive] [--seed N] [--max-saved N] [--allow-physics-mismatch]`: exact metrics,
+predictions of every sample (or the first N) and plots of a checkpoint on a split (`bcrdist.train.evaluation`),
+under the measurement noise of `bcrdist.noise` (the draw `bcrdist baseline` makes with the same seed); data of
+other physics than the training data's are refused unless allowed; runs under torchrun too."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import argparse
 
 from bcrdist.errors import BcrdistError
 from bcrdist.fileio import one_line
-from bcrdist.noise import MODELS
+from bcrdist.noise import MAX_LEVEL, MODELS
 from bcrdist.train.evaluation import evaluate_checkpoint
+from bcrdist.train.physics_check import ALLOW_FLAG
 
 
 def non_negative(text: str) -> int:
@@ -28,8 +30,8 @@ def percent(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a percentage ≥ 0, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite percentage ≥ 0, got {text}")
+    if not 0 <= value <= MAX_LEVEL:
+        raise argparse.ArgumentTypeError(f"expected a percentage in [0, {MAX_LEVEL:g}], got {text}")
     return value
 
 
@@ -46,6 +48,12 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=non_negative, default=None,
                    help="seed of the noise draws (default: the run's seed, as its validation and test noise)")
     p.add_argument("--plots", type=non_negative, default=4, metavar="N", help="samples to plot (0: none)")
+    p.add_argument("--max-saved", type=non_negative, default=None, metavar="N",
+                   help="write only the first N samples (by index) to predictions.h5 (default: every sample); the "
+                        "metrics and the error histogram always use all")
+    p.add_argument(ALLOW_FLAG, action="store_true",
+                   help="evaluate on data whose recorded physics (k, box, grid sizes, layout, sign) differ from "
+                        "the training data's (refused otherwise); metrics.json records the differences")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
@@ -53,7 +61,8 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     try:
         evaluate_checkpoint(args.checkpoint, args.data, args.split, args.out, args.noise, args.plots,
-                            args.batch_size, args.device, noise_model=args.noise_model, seed=args.seed)
+                            args.batch_size, args.device, noise_model=args.noise_model, seed=args.seed,
+                            max_saved=args.max_saved, allow_physics_mismatch=args.allow_physics_mismatch)
     except FileNotFoundError:
         raise
     except OSError as exc:

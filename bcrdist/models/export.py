@@ -15,7 +15,7 @@ checkpoint's are (`bcrdist.models.born_layers`). model.json (plain JSON) says wh
     layout                    the datasets read and predicted, antipodal, use_imag, the data's and the network's
                               input and output sizes
     grid                      the training data's grid (k, angles, box or polar radius, sign, conventions) when
-                              the checkpoint records it (a Born layer's definition does), else null
+                              the checkpoint records it (its provenance or a Born layer's definition), else null
     provenance                exported_by, the checkpoint (file, sha256, format, version), the run's provenance
                               (bcrdist version, git revision, config hash, data set id), source, progress
     config                    the training config the checkpoint carries (null if none)
@@ -97,8 +97,9 @@ def _refuse_existing(out_dir: Path) -> None:
                             f"directory or remove it")
 
 
-def _recorded_grid(net_config: dict) -> dict | None:
-    """The grid record of a Born layer's definition among the network's constructor arguments, if any."""
+def born_grid(net_config: dict) -> dict | None:
+    """The grid record of a Born layer's definition among the network's constructor arguments (the grid of the
+    data it was fitted on), if any."""
     for value in net_config.values():
         if isinstance(value, dict) and isinstance(value.get("grid"), dict):
             return value["grid"]
@@ -144,7 +145,7 @@ def export_model(checkpoint, out_dir) -> Export:
         "format": EXPORT_FORMAT, "format_version": EXPORT_VERSION,
         "model_type": model.model_type, "summary": model.net.summary, "parameters": parameters,
         "model_config": record, "normalization": _normalization(model), "layout": _layout(model),
-        "grid": _recorded_grid(record["net"]),
+        "grid": (ck.get("provenance") or {}).get("dataset_grid") or born_grid(record["net"]),
         "provenance": {"exported_by": __version__,
                        "checkpoint": {"file": checkpoint.name, "sha256": file_sha256(checkpoint),
                                      "format": ck.get("format"), "version": ck.get("version")},
@@ -189,8 +190,8 @@ def load_exported(path, device="cpu", with_meta: bool = False):
     """The `ScatteringModel` of an export (`path`: its directory, model.json or model.safetensors) in eval mode
     on `device` ((B, Ns, Nd') network input → (B, Nt, Nr); `predict_eta` from raw input), as
     `bcrdist.models.checkpoint.load_model` gives it for the checkpoint it was exported from (with `with_meta`
-    also {"seed", "config"}). Nothing is unpickled; DataError, one line naming the file, for
-    a changed or truncated model.safetensors or a model.json of another format or version."""
+    also {"seed", "config", "provenance"}: the run's provenance). Nothing is unpickled; DataError, one line
+    naming the file, for a changed or truncated model.safetensors or a model.json of another format or version."""
     record_path, doc = read_record(path)
     weights_path = record_path.parent / WEIGHTS_NAME
     if not weights_path.is_file():
@@ -207,5 +208,6 @@ def load_exported(path, device="cpu", with_meta: bool = False):
     model = model_from_checkpoint({"model_config": doc["model_config"], "model": tensors}, record_path)
     model.to(device).eval()
     if with_meta:
-        return model, {"seed": (doc.get("config") or {}).get("seed", 0), "config": doc.get("config")}
+        return model, {"seed": (doc.get("config") or {}).get("seed", 0), "config": doc.get("config"),
+                       "provenance": (doc.get("provenance") or {}).get("run")}
     return model

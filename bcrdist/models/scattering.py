@@ -12,6 +12,8 @@ constructor arguments; `record()` / `from_record` are what a checkpoint stores a
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -22,6 +24,31 @@ from bcrdist.models.registry import Network, Units, network_class
 from bcrdist.transforms import network_input
 
 NORMALIZATIONS = ("rms", "minmax")
+
+
+class RawInput(NamedTuple):
+    """What a model reads, in the data's terms: `dataset` (`measure`, `farfield`, …), `part` (None: a real
+    dataset; "real" / "imag": that part of a complex dataset; "both": its real and imaginary parts), `second`
+    (a second real dataset concatenated after the first: Fan's `measure_imag`; or None) and `shape` (Ns, Nd) of
+    one sample of each."""
+
+    dataset: str
+    part: str | None
+    second: str | None
+    shape: tuple[int, int]
+
+    def describe(self) -> str:
+        """E.g. "the complex far field 'farfield' (N, 12, 12), its real and imaginary parts"."""
+        shape = f"(N, {self.shape[0]}, {self.shape[1]})"
+        name = f"the complex far field {self.dataset!r}" if self.dataset == "farfield" else \
+            f"the complex {self.dataset!r}"
+        if self.part == "both":
+            return f"{name} {shape}, its real and imaginary parts"
+        if self.part is not None:
+            return f"the {self.part} part of {name} {shape}"
+        if self.second is not None:
+            return f"the real {self.dataset!r} and {self.second!r}, each {shape}"
+        return f"the real {self.dataset!r} {shape}"
 
 
 class ScatteringModel(nn.Module):
@@ -128,25 +155,66 @@ class ScatteringModel(nn.Module):
             heads = tuple(h * self.out_gain.to(h.dtype) + self.out_bias.to(h.dtype) for h in heads)
         return heads if return_aux else heads[0]
 
+    def raw_input(self) -> RawInput:
+        """What `predict_eta` takes: the dataset this model was trained on and which of its parts (`RawInput`)."""
+        base, _, suffix = self.input.rpartition(".")
+        if suffix not in ("real", "imag") or not base:
+            base, suffix = self.input, ""
+        ns, nd = self.data_input
+        if suffix:
+            part, second = ("both" if self.use_imag else suffix), None
+        elif self.use_imag and base == "measure":
+            part, second = None, "measure_imag"
+        else:
+            # a complex dataset named without a part (a model built outside a run plan) is read as both parts
+            part, second = ("both" if self.use_imag else None), None
+        two = part == "both" or second is not None
+        return RawInput(base, part, second, (ns, nd // 2 if two else nd))
+
     def preprocess(self, measure, measure_imag=None) -> torch.Tensor:
-        """Raw input (B, Ns, Nd) [+ `measure_imag`] → the network input (B, Ns, Nd'), as in training. A complex
-        input (the far field) gives its real part, and with `use_imag` its imaginary part as the second one."""
+        """Raw input → the network input (B, Ns, Nd'), as in training (`raw_input()` says what it reads).
+
+        `measure` (B, Ns, Nd): the model's dataset (Fan's `measure`, or the far field (B, n_obs, n_inc)), real or
+        complex. A complex array gives the part(s) the model was trained on: both (the far field's Re and Im,
+        or `measure` + i·`measure_imag`), or the one its input names (`farfield.real`: Re, `farfield.imag`: Im;
+        the other part is not used, by the model's design). `measure_imag` (B, Ns, Nd): the second real part
+        of a model that reads two. ValueError when the input is not what the model reads: a complex array for
+        a real dataset, a missing or unexpected second part, another sample shape."""
         def tensor(a):
             return a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
 
+        raw = self.raw_input()
         measure = tensor(measure)
+        imag = None if measure_imag is None else tensor(measure_imag)
+        two = raw.part == "both" or raw.second is not None
         if measure.is_complex():
-            measure, measure_imag = measure.real, measure.imag
-        if self.use_imag and measure_imag is None:
-            raise ValueError("this model was trained with measure_imag: pass measure_imag as well")
-        imag = tensor(measure_imag) if self.use_imag else None
-        return network_input(tensor(measure), imag, apply_antipodal=self.antipodal).float()
+            if imag is not None:
+                raise ValueError("predict: a complex input already holds both parts; pass no second part")
+            if raw.part is None and raw.second is None:
+                raise ValueError(f"predict: this model reads {raw.describe()}, got a complex array; pass its real "
+                                 f"part")
+            measure, imag = (measure.imag, None) if raw.part == "imag" else \
+                (measure.real, measure.imag if two else None)
+        elif two and imag is None:
+            raise ValueError(f"predict: this model reads {raw.describe()}: pass a complex array, or the second "
+                             f"part as well")
+        elif not two and imag is not None:
+            raise ValueError(f"predict: this model reads {raw.describe()}, one part; pass no second part")
+        for what, a in (("input", measure), ("second part", imag)):
+            if a is not None and tuple(a.shape[-2:]) != raw.shape:
+                raise ValueError(f"predict: this model reads {raw.describe()}; the {what} has shape "
+                                 f"{tuple(a.shape)}")
+        return network_input(measure, imag, apply_antipodal=self.antipodal).float()
 
     @torch.no_grad()
     def predict_eta(self, measure, measure_imag=None, batch_size: int = 256) -> np.ndarray:
-        """The raw input the model reads (`measure` (B, Ns, Nd) on Fan's layout, the complex far field (B, n_obs,
-        n_inc) of a far-field model; or one sample without B) → η on the target's grid (the polar (B, Nt, Nr) or
-        the Cartesian (B, H, W) image) in physical units."""
+        """η in physical units on the grid of the model's target: the polar (B, Nt, Nr) `coe` of Fan's layout or
+        the Cartesian (B, H, W) image of the far-field layout, whichever the model was trained to predict.
+
+        `measure`: the raw input the model reads (`raw_input()`), (B, Ns, Nd) or one sample (Ns, Nd): Fan's
+        `measure` (with `measure_imag`, or as `measure` + i·`measure_imag`, for a model trained with it), or the
+        complex far field (B, n_obs, n_inc) of a far-field model; a complex input is read as `preprocess`
+        says (the part(s) the model was trained on, never silently the real part of a real dataset)."""
         single = np.ndim(measure) == 2
         x = self.preprocess(measure[None] if single else measure,
                             None if measure_imag is None else (measure_imag[None] if single else measure_imag))

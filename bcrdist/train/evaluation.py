@@ -6,14 +6,17 @@ Every sample counts once, also under torchrun: each rank evaluates its part and 
 all-reduced (`bcrdist.metrics.ErrorAccumulator`). A non-finite error is never reported as a metric:
 `NonFiniteSamples` notes, without a device sync, which samples' errors or data are not finite, and
 `check_finite` turns a non-finite mean into one line naming them (data or model at fault).
-`evaluate_checkpoint` also writes a predictions file like the original's (`input`, `output`, `pred` for the
-first samples, in training units, plus `index` and `pred_eta` in physical units) and PNG plots: true /
-predicted / error images in polar and Cartesian views, the error histogram, and training curves from the
-run's metrics.jsonl.
+`evaluate_checkpoint` refuses data whose recorded physics differ from the training data's
+(`bcrdist.train.physics_check`), and writes a predictions file like the original's (`input`, `output`, `pred`
+in training units, plus `index` and `pred_eta` in physical units) for every sample of the split in index order,
+or the first `max_saved` (its attributes say which), and PNG plots titled with the checkpoint, split and noise:
+true / predicted / error (prediction − truth) images in polar and Cartesian views, the histogram of every
+sample's error, and training curves from the run's metrics.jsonl.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -33,7 +36,7 @@ from bcrdist.metrics import (PIXEL_MAX, REPORTED, REPORTED_FOR, SELECTION_DEFAUL
                              summarize)
 from bcrdist.models.checkpoint import load_model
 from bcrdist.physics.layout import GridInfo
-from bcrdist.train import plots
+from bcrdist.train.physics_check import check_physics
 from bcrdist.train.plan import evaluation_spec
 from bcrdist.transforms import network_input_shape
 
@@ -41,7 +44,8 @@ SHOWN_SAMPLES = 8
 
 
 def gather(ctx, obj) -> list:
-    """Every rank's `obj`, in rank order, on every rank (one broadcast per rank: for the rare error paths)."""
+    """Every rank's `obj`, in rank order, on every rank (one broadcast per rank: for the rare error paths and
+    the samples `evaluate_checkpoint` writes)."""
     if not ctx.distributed:
         return [obj]
     return [ctx.broadcast_object(obj if ctx.rank == r else None, src=r) for r in range(ctx.world_size)]
@@ -126,9 +130,6 @@ def evaluate_model(model, batches: Iterable[tuple], ctx, metrics=REPORTED, heads
     return {head: {name: a.reduce(ctx) for name, a in per_head.items()} for head, per_head in acc.items()}
 
 
-N_SAVED = 100
-
-
 def check_shapes(model, checkpoint, manifest, spec: Preprocess) -> None:
     """Refuse a data set that lacks the model's input or target, or whose samples are not the shapes the model
     was made for, naming both."""
@@ -159,18 +160,65 @@ def plot_grid(manifest, target: str, shape) -> GridInfo | None:
                     image_extent=float(shape[0] - 1), image_points="nodes")
 
 
+class KeptSamples:
+    """An `on_batch` for `evaluate_checkpoint`: every sample's global index and selection error (for the
+    histogram), and the first `limit` samples (None: all) of this rank as NumPy arrays: `index` (B,), `input`
+    (B, Ns, Nd'), `target` and `pred` (B, Nt, Nr) in training units, `error` (B,)."""
+
+    def __init__(self, selection: str, limit: int | None):
+        self.selection, self.limit = selection, limit
+        self.errors: list[tuple[np.ndarray, np.ndarray]] = []
+        self.arrays: dict[str, list[np.ndarray]] = {"index": [], "input": [], "target": [], "pred": [], "error": []}
+        self.count = 0
+
+    def __call__(self, x, y, pred, errors, index) -> None:
+        index, error = torch.as_tensor(index).cpu().numpy(), errors[self.selection].cpu().numpy()
+        self.errors.append((index, error))
+        take = len(index) if self.limit is None else max(0, min(len(index), self.limit - self.count))
+        if take:
+            for key, value in (("index", index), ("input", x), ("target", y), ("pred", pred), ("error", error)):
+                self.arrays[key].append(np.asarray(value[:take].cpu() if torch.is_tensor(value) else value[:take]))
+            self.count += take
+
+    def local(self) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """(this rank's kept arrays, (every index, every error) of this rank)."""
+        kept = {k: np.concatenate(v) if v else np.zeros(0) for k, v in self.arrays.items()}
+        index = np.concatenate([i for i, _ in self.errors]) if self.errors else np.zeros(0, dtype=np.int64)
+        error = np.concatenate([e for _, e in self.errors]) if self.errors else np.zeros(0, dtype=np.float32)
+        return kept, (index, error)
+
+
+def merged(parts: list[tuple[dict, tuple]], limit: int | None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every rank's `KeptSamples.local()` → (the kept arrays of the `limit` lowest sample indices over all ranks,
+    in index order; every sample's error, in index order): the same files for any number of ranks."""
+    kept_parts = [k for k, _ in parts if len(k["index"])]
+    if kept_parts:
+        kept = {key: np.concatenate([k[key] for k in kept_parts]) for key in kept_parts[0]}
+        order = np.argsort(kept["index"], kind="stable")[:limit]
+        kept = {key: value[order] for key, value in kept.items()}
+    else:
+        kept = {key: np.zeros(0) for key in ("index", "input", "target", "pred", "error")}
+    index = np.concatenate([i for _, (i, _) in parts])
+    errors = np.concatenate([e for _, (_, e) in parts])
+    return kept, errors[np.argsort(index, kind="stable")]
+
+
 def evaluate_checkpoint(checkpoint, data, split="test", out=None, noise=0.0, n_plots=4, batch_size=64,
-                        device="auto", noise_model="fan", seed=None) -> dict:
+                        device="auto", noise_model="fan", seed=None, max_saved=None,
+                        allow_physics_mismatch=False) -> dict:
     """Evaluate on every rank of the current launch; rank 0 writes the files. Returns the metrics.
     `n_plots` 0: no sample plot. `noise` (percent) of `noise_model` (`bcrdist.noise`), one fixed draw per
     sample seeded by `seed` (None: the run's seed, so the run's own evaluation noise gives its validation and
-    test draws)."""
+    test draws). predictions.h5 holds every sample of the split, or the first `max_saved`; the error histogram
+    always every sample. Data whose recorded physics differ from the training data's are refused
+    (`bcrdist.train.physics_check`) unless `allow_physics_mismatch`."""
     ctx = init_distributed(device)
     try:
         model, meta = load_model(checkpoint, ctx.device, with_meta=True)
         manifest = read_manifest(data)
         spec = evaluation_spec(model.record(), noise, noise_model)
         check_shapes(model, checkpoint, manifest, spec)
+        physics = check_physics(model.record(), meta, manifest, str(data), allow_physics_mismatch)
         kind = layout_of(manifest, model.target).target_kind
         reported, selection = REPORTED_FOR[kind], SELECTION_DEFAULT[kind]
         run_dir = Path(checkpoint).resolve().parent.parent
@@ -181,7 +229,8 @@ def evaluate_checkpoint(checkpoint, data, split="test", out=None, noise=0.0, n_p
                                 world_size=ctx.world_size, shuffle=False, exact=True, batch_size=batch_size,
                                 preprocess=spec, seed=seed)
         scale = float(model.out_scale)
-        keep = {"index": [], "input": [], "target": [], "pred": [], "error": []}
+        # the plotted samples are the first saved ones: keep enough for both
+        keep = KeptSamples(selection, None if max_saved is None else max(int(max_saved), n_plots))
         nonfinite = NonFiniteSamples()
 
         def batches():
@@ -189,45 +238,76 @@ def evaluate_checkpoint(checkpoint, data, split="test", out=None, noise=0.0, n_p
                 # targets in training units, as the original's files
                 yield batch["input"].to(ctx.device), batch["target"].to(ctx.device) / scale, batch["index"]
 
-        def keep_first(x, y, pred, errors, index) -> None:
+        def on_batch(x, y, pred, errors, index) -> None:
             nonfinite(x, y, pred, errors, index)
-            n_kept = sum(len(i) for i in keep["index"])
-            if n_kept < N_SAVED:
-                take = slice(0, N_SAVED - n_kept)
-                for key, value in (("index", index), ("input", x), ("target", y), ("pred", pred),
-                                   ("error", errors[selection])):
-                    keep[key].append(value[take].cpu().numpy())
+            keep(x, y, pred, errors, index)
 
-        stats = evaluate_model(model, batches(), ctx, metrics=reported, on_batch=keep_first)
+        stats = evaluate_model(model, batches(), ctx, metrics=reported, on_batch=on_batch)
         check_finite(stats, nonfinite, ctx, f"{data}: split {split!r}")
         metrics = summarize(stats["out"], pixel_max=PIXEL_MAX)
+        parts = gather(ctx, keep.local())
         if ctx.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            result = {"checkpoint": str(checkpoint), "data": str(data), "split": str(split), "noise": noise,
-                      "noise_model": noise_model, "seed": seed, "metrics": metrics}
-            atomic_write_json(out / "metrics.json", json_safe(result))
-            kept = {k: np.concatenate(v) if v else np.zeros(0) for k, v in keep.items()}
-
-            def write_predictions(fh) -> None:
-                with h5py.File(fh, "w") as f:
-                    f["input"], f["output"], f["pred"] = kept["input"], kept["target"], kept["pred"]
-                    f["index"], f["pred_eta"] = kept["index"], kept["pred"] * scale
-                    f.attrs["out_scale"] = scale
-
-            atomic_write_held(out / "predictions.h5", write_predictions)
-            if len(kept["index"]):
-                k = min(n_plots, len(kept["index"]))
-                if k:
-                    plots.plot_samples(kept["target"][:k] * scale, kept["pred"][:k] * scale, kept["error"][:k],
-                                       kept["index"][:k], out / "samples.png",
-                                       grid=plot_grid(manifest, model.target, model.data_output))
-                plots.plot_error_histogram(kept["error"], out / "error_histogram.png")
-            plots.plot_training_curves(run_dir / "metrics.jsonl", out / "training_curves.png")
-            first = ("radius-weighted relative error {m[weighted][mean]:.4f} (max {m[weighted][max]:.4f}), "
-                     if "weighted" in metrics else "")
-            print(f"{split}: {metrics[selection]['count']} samples, " + first.format(m=metrics)
-                  + f"relative L2 {metrics['rel_l2']['mean']:.4f}, relative L1 {metrics['rel_l1']['mean']:.4f}, "
-                  f"PSNR {metrics['psnr']['mean']:.1f} dB; files in {out}")
+            write_evaluation(out, parts, metrics, physics, model, manifest, run_dir,
+                             dict(checkpoint=checkpoint, data=data, split=split, noise=noise, noise_model=noise_model,
+                                  seed=seed, n_plots=n_plots, max_saved=max_saved, selection=selection, scale=scale))
         return metrics
     finally:
         shutdown_distributed()
+
+
+def short_path(path, parts: int = 3) -> str:
+    """The last `parts` components of `path` (a plot title's name of a checkpoint or data set)."""
+    return "/".join(Path(str(path)).parts[-parts:])
+
+
+def write_evaluation(out: Path, parts, metrics: dict, physics, model, manifest, run_dir: Path, run: dict) -> None:
+    """Rank 0's files of `evaluate_checkpoint`: metrics.json, predictions.h5 (the saved samples, in index
+    order), the sample plots, the error histogram of every sample and the training curves; and its summary
+    lines. `parts`: every rank's `KeptSamples.local()`; `run`: the evaluation's settings."""
+    # imported here, where the plots are drawn: matplotlib would add ~0.4 s to the start of every training
+    # process (the trainer imports this module), and to each of its ranks
+    from bcrdist.train import plots
+
+    selection, scale, max_saved = run["selection"], run["scale"], run["max_saved"]
+    kept, errors = merged(parts, max(max_saved, run["n_plots"]) if max_saved is not None else None)
+    total = int(metrics[selection]["count"])
+    saved = total if max_saved is None else min(int(max_saved), total)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"checkpoint": str(run["checkpoint"]), "data": str(run["data"]), "split": str(run["split"]),
+              "noise": run["noise"], "noise_model": run["noise_model"], "seed": run["seed"], "metrics": metrics,
+              "saved_samples": saved, "physics": physics.record()}
+    atomic_write_json(out / "metrics.json", json_safe(result))
+
+    def write_predictions(fh) -> None:
+        with h5py.File(fh, "w") as f:
+            f["input"], f["output"], f["pred"] = kept["input"][:saved], kept["target"][:saved], kept["pred"][:saved]
+            f["index"], f["pred_eta"] = kept["index"][:saved], kept["pred"][:saved] * scale
+            f.attrs.update({"out_scale": scale, "saved_samples": saved, "total_samples": total,
+                            "max_saved": -1 if max_saved is None else int(max_saved),
+                            "selection_metric": selection, "physics": json.dumps(json_safe(physics.record()))})
+
+    atomic_write_held(out / "predictions.h5", write_predictions)
+    split, noise = run["split"], run["noise"]
+    context = (f"{short_path(run['checkpoint'])} on split {split!r} of {short_path(run['data'], 2)}, "
+               + (f"noise {noise:g} % ({run['noise_model']})" if noise else "no noise"))
+    k = min(run["n_plots"], len(kept["index"]))
+    if k:
+        plots.plot_samples(kept["target"][:k] * scale, kept["pred"][:k] * scale, kept["error"][:k],
+                           kept["index"][:k], out / "samples.png",
+                           grid=plot_grid(manifest, model.target, model.data_output), title=context,
+                           metric=selection)
+    if len(errors):
+        plots.plot_error_histogram(errors, out / "error_histogram.png", label=plots.metric_label(selection),
+                                   title=context)
+    plots.plot_training_curves(run_dir / "metrics.jsonl", out / "training_curves.png")
+    first = ("radius-weighted relative error {m[weighted][mean]:.4f} (max {m[weighted][max]:.4f}), "
+             if "weighted" in metrics else "")
+    print(f"{split}: {metrics[selection]['count']} samples, " + first.format(m=metrics)
+          + f"relative L2 {metrics['rel_l2']['mean']:.4f}, relative L1 {metrics['rel_l1']['mean']:.4f}, "
+          f"PSNR {metrics['psnr']['mean']:.1f} dB; files in {out}")
+    if saved < total:
+        print(f"predictions.h5: the first {saved} of {total} samples (--max-saved {max_saved}); the metrics and the "
+              f"error histogram use all {total}")
+    if physics.differing:
+        print(f"note: the data's physics differ from the training data's ({physics.summary()}); evaluated anyway "
+              f"(--allow-physics-mismatch), recorded in metrics.json")

@@ -3,7 +3,9 @@
 The target's grid (`bcrdist.physics.layout.GridInfo`) chooses the view. Polar images are (Nt, Nr) arrays on
 θ_j = 2πj/Nt, ρ_i = (i + ½)·R/Nr, shown as (θ, ρ) wedges and in a Cartesian view that resamples them onto an
 n×n grid of [−R, R]² (bilinear in (θ, ρ), periodic in θ, NaN outside the disk). Cartesian images (n, n) are
-shown as they are, pixel for pixel, on their square [−L/2, L/2]² with x to the right and y up.
+shown as they are, pixel for pixel, on their square [−L/2, L/2]² with x to the right and y up. Every figure
+says what it shows: a title (checkpoint, split, noise), labelled colour bars, the error as prediction − truth
+on a diverging colour map centred at 0, and the histogram's metric on its axis with whole-number counts.
 """
 
 from __future__ import annotations
@@ -17,8 +19,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from bcrdist.fileio import atomic_write  # noqa: E402
 from bcrdist.physics.layout import GridInfo  # noqa: E402
+
+METRIC_LABELS = {"weighted": "radius-weighted relative error", "rel_l2": "relative L2 error",
+                 "rel_l1": "relative L1 error", "psnr": "PSNR (dB)"}
+ERROR_CMAP = "RdBu_r"                      # diverging, centred at 0 by symmetric limits: red = predicted too high
+ERROR_LABEL = "prediction − truth (η)"
 
 
 def polar_to_cartesian(img: np.ndarray, n: int = 96) -> np.ndarray:
@@ -41,11 +50,20 @@ def polar_to_cartesian(img: np.ndarray, n: int = 96) -> np.ndarray:
     return out
 
 
-def sample_figure(true: np.ndarray, pred: np.ndarray, errors: np.ndarray, indices, grid: GridInfo | None = None):
+def metric_label(name: str) -> str:
+    """The axis label of a metric of `bcrdist.metrics` ("rel_l2" → "relative L2 error")."""
+    return METRIC_LABELS.get(name, name)
+
+
+def sample_figure(true: np.ndarray, pred: np.ndarray, errors: np.ndarray, indices, grid: GridInfo | None = None,
+                  title: str | None = None, metric: str = "weighted"):
     """The figure of `plot_samples` (rows: samples): polar (θ, ρ) and resampled Cartesian views of polar images
-    (`grid` None or polar), or true / predicted / error images as they are on a Cartesian grid."""
+    (`grid` None or polar), or true / predicted / error images as they are on a Cartesian grid. The error is
+    prediction − truth on a diverging colour map centred at 0 (red: too high, blue: too low); every colour bar
+    is labelled; `errors` are the samples' values of `metric`; `title` (the checkpoint, split and noise) heads
+    the figure."""
     if grid is not None and grid.cartesian:
-        return _cartesian_figure(true, pred, errors, indices, grid)
+        return _cartesian_figure(true, pred, errors, indices, grid, title, metric)
     k = len(true)
     fig, axes = plt.subplots(k, 5, figsize=(17, 3.2 * k), squeeze=False)
     for row in range(k):
@@ -53,29 +71,29 @@ def sample_figure(true: np.ndarray, pred: np.ndarray, errors: np.ndarray, indice
         lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
         err = p - t
         bound = float(np.abs(err).max()) or 1.0
-        panels = [(t.T, "true η (polar)", "viridis", lo, hi), (p.T, "predicted η (polar)", "viridis", lo, hi),
-                  (err.T, "error (polar)", "RdBu_r", -bound, bound)]
-        for col, (im, title, cmap, vmin, vmax) in enumerate(panels):
+        panels = [(t.T, "true η (polar)", "viridis", lo, hi, "η"),
+                  (p.T, "predicted η (polar)", "viridis", lo, hi, "η"),
+                  (err.T, "error: prediction − truth (polar)", ERROR_CMAP, -bound, bound, ERROR_LABEL)]
+        for col, (im, name, cmap, vmin, vmax, unit) in enumerate(panels):
             ax = axes[row, col]
             h = ax.imshow(im, origin="lower", aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
                           extent=(0, 360, 0, 1))
-            ax.set_title(f"sample {indices[row]}: {title}" if col == 0 else title, fontsize=9)
+            ax.set_title(f"sample {indices[row]}: {name}" if col == 0 else name, fontsize=9)
             ax.set_xlabel("θ (degrees)")
             ax.set_ylabel("ρ / R")
-            fig.colorbar(h, ax=ax, fraction=0.046)
-        for col, (im, title) in enumerate(((t, "true η (Cartesian)"), (p, "predicted η (Cartesian)")), start=3):
+            fig.colorbar(h, ax=ax, fraction=0.046).set_label(unit)
+        for col, (im, name) in enumerate(((t, "true η (Cartesian)"), (p, "predicted η (Cartesian)")), start=3):
             ax = axes[row, col]
             h = ax.imshow(polar_to_cartesian(im).T, origin="lower", cmap="viridis", vmin=lo, vmax=hi,
                           extent=(-1, 1, -1, 1))
-            ax.set_title(title + (f", rel. error {errors[row]:.3f}" if col == 4 else ""), fontsize=9)
+            ax.set_title(name + (f"\n{metric_label(metric)} {errors[row]:.3f}" if col == 4 else ""), fontsize=9)
             ax.set_xlabel("x / R")
             ax.set_ylabel("y / R")
-            fig.colorbar(h, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    return fig
+            fig.colorbar(h, ax=ax, fraction=0.046).set_label("η")
+    return _headed(fig, title)
 
 
-def _cartesian_figure(true, pred, errors, indices, grid: GridInfo):
+def _cartesian_figure(true, pred, errors, indices, grid: GridInfo, title: str | None, metric: str):
     """True / predicted / error of (K, n, n) Cartesian images; image[i, j] = η(x_i, y_j) is drawn transposed so
     that x runs to the right (`grid.image_index` "yx": as stored)."""
     k = len(true)
@@ -88,44 +106,72 @@ def _cartesian_figure(true, pred, errors, indices, grid: GridInfo):
         lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
         err = p - t
         bound = float(np.abs(err).max()) or 1.0
-        panels = [(t, f"sample {indices[row]}: true η", "viridis", lo, hi), (p, "predicted η", "viridis", lo, hi),
-                  (err, f"error, rel. error {errors[row]:.3f}", "RdBu_r", -bound, bound)]
-        for col, (im, title, cmap, vmin, vmax) in enumerate(panels):
+        panels = [(t, f"sample {indices[row]}: true η", "viridis", lo, hi, "η"),
+                  (p, "predicted η", "viridis", lo, hi, "η"),
+                  (err, f"prediction − truth, {metric_label(metric)} {errors[row]:.3f}", ERROR_CMAP, -bound, bound,
+                   ERROR_LABEL)]
+        for col, (im, name, cmap, vmin, vmax, unit) in enumerate(panels):
             ax = axes[row, col]
             h = ax.imshow(im.T if grid.image_index == "xy" else im, origin="lower", cmap=cmap, vmin=vmin,
                           vmax=vmax, extent=extent, interpolation="nearest")
-            ax.set_title(title, fontsize=9)
+            ax.set_title(name, fontsize=9)
             ax.set_xlabel("x")
             ax.set_ylabel("y")
-            fig.colorbar(h, ax=ax, fraction=0.046)
+            fig.colorbar(h, ax=ax, fraction=0.046).set_label(unit)
+    return _headed(fig, title)
+
+
+def _headed(fig, title: str | None):
+    """`fig` laid out, under `title` when one is given."""
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
 
+def save_figure(fig, path: Path) -> None:
+    """Write `fig` to `path` (format from its suffix) atomically, never through a symbolic link, and close it."""
+    try:
+        atomic_write(path, lambda fh: fig.savefig(fh, dpi=90, format=Path(path).suffix.lstrip(".") or "png"))
+    finally:
+        plt.close(fig)
+
+
 def plot_samples(true: np.ndarray, pred: np.ndarray, errors: np.ndarray, indices, path: Path,
-                 grid: GridInfo | None = None) -> Path:
+                 grid: GridInfo | None = None, title: str | None = None, metric: str = "weighted") -> Path:
     """True / predicted / error for each sample (rows) as a PNG, in the views of the target's grid
     (`sample_figure`; None: polar).
 
-    true, pred (K, Nt, Nr) or (K, n, n); errors (K,) the per-sample relative errors; indices the global sample ids.
+    true, pred (K, Nt, Nr) or (K, n, n); errors (K,) the per-sample values of `metric`; indices the global sample
+    ids; title: what the figure shows (checkpoint, split, noise).
     """
-    fig = sample_figure(true, pred, errors, indices, grid)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    fig = sample_figure(true, pred, errors, indices, grid, title, metric)
+    save_figure(fig, path)
     return path
 
 
-def plot_error_histogram(errors: np.ndarray, path: Path, label: str = "radius-weighted relative error") -> Path:
-    """Histogram of per-sample errors (label: the metric, e.g. "relative L2 error" on a Cartesian target)."""
+def histogram_figure(errors: np.ndarray, label: str = METRIC_LABELS["weighted"], title: str | None = None):
+    """The figure of `plot_error_histogram`: errors (N,) per sample, counted in bins along an x axis named
+    `label` (the metric), with integer counts on the y axis and their mean marked."""
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.hist(errors, bins=min(50, max(10, len(errors) // 5)), color="tab:blue", alpha=0.8)
-    ax.axvline(float(np.mean(errors)), color="k", linestyle="--", label=f"mean {np.mean(errors):.4f}")
+    mean = float(np.mean(np.asarray(errors, dtype=np.float64)))
+    ax.axvline(mean, color="k", linestyle="--", label=f"mean {mean:.4f} ({len(errors)} samples)")
     ax.set_xlabel(label)
     ax.set_ylabel("samples")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return fig
+
+
+def plot_error_histogram(errors: np.ndarray, path: Path, label: str = METRIC_LABELS["weighted"],
+                         title: str | None = None) -> Path:
+    """Histogram of per-sample errors (N,) as a PNG (label: the metric, e.g. "relative L2 error" on a Cartesian
+    target; title: the checkpoint, split and noise)."""
+    save_figure(histogram_figure(errors, label, title), path)
     return path
 
 
@@ -152,6 +198,5 @@ def plot_training_curves(metrics_path: Path, path: Path) -> Path | None:
             for ax in (ax1, ax2):
                 ax.axvline(r0["epoch"], color="gray", lw=0.5, ls=":")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

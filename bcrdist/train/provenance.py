@@ -1,7 +1,7 @@
 """What produced a run: bcrdist's version and source revision, the config's hash and the data set's id,
 recorded in `results.json` and in every checkpoint so a result can be traced to code, config and data.
 
-`run_provenance(cfg, dataset_id)` returns a JSON-ready mapping:
+`run_provenance(cfg, dataset_id, dataset_grid)` returns a JSON-ready mapping:
 
     bcrdist_version   the package version (bcrdist.__version__)
     git_revision      the commit of the bcrdist source tree that is running, or None when bcrdist is not
@@ -9,6 +9,8 @@ recorded in `results.json` and in every checkpoint so a result can be traced to 
     git_dirty         True when tracked files of that checkout differ from the commit (None without git)
     config_sha256     SHA-256 of the resolved config as canonical JSON (sorted keys, no spaces)
     dataset_id        the data set's id from its manifest.json (a hash of its shards)
+    dataset_grid      the data set's grid (`GridInfo.to_record()`: k, angles, sizes, box or polar radius, sign),
+                      or None when it records none; `bcrdist evaluate` and `predict` refuse data of other physics
     torch_version     torch.__version__
 """
 
@@ -54,8 +56,10 @@ def source_revision() -> tuple[str | None, bool | None]:
     return commit, (None if status is None else bool(status))
 
 
-def run_provenance(cfg: Any, dataset_id: str | None) -> dict:
-    """The provenance record of a run with config `cfg` on the data set `dataset_id` (see the module doc)."""
+def run_provenance(cfg: Any, dataset_id: str | None, dataset_grid: dict | None = None) -> dict:
+    """The provenance record of a run with config `cfg` on the data set `dataset_id` whose grid record is
+    `dataset_grid` (see the module doc)."""
     commit, dirty = source_revision()
     return {"bcrdist_version": __version__, "git_revision": commit, "git_dirty": dirty,
-            "config_sha256": config_sha256(cfg), "dataset_id": dataset_id, "torch_version": str(torch.__version__)}
+            "config_sha256": config_sha256(cfg), "dataset_id": dataset_id, "dataset_grid": dataset_grid,
+            "torch_version": str(torch.__version__)}
