@@ -2,8 +2,8 @@
 
 Every config section is a dataclass; `load_config(path, cls, overrides)` reads the YAML, applies
 `key.sub=value` overrides (values parsed as YAML scalars), rejects unknown keys (with the closest known key as
-a suggestion) and wrong types with a `ConfigError` naming the file and the dotted key, and returns the
-dataclass instance.
+a suggestion) and wrong types with a `ConfigError` naming the file and the dotted key (an unknown key of an
+override names the override, `--set KEY=VALUE`), and returns the dataclass instance.
 
 Each field is declared with `setting(default, help=..., low=..., high=...)` (or `section(Cls, help=...)` for
 a nested section): the one-line meaning and the range of a number live there once, the loader checks every
@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from bcrdist.errors import ConfigError
+from bcrdist.errors import ConfigError, shown
 
 T = TypeVar("T")
 
@@ -224,7 +224,7 @@ def _check_number(value: int | float, bounds: Range | None, where: str, nullable
     else:
         kind = "an integer" if isinstance(value, int) else "a finite number"
         expected = f"be {kind}{' ' + limits if limits else ''}{' or null' if nullable else ''}"
-    raise _OutOfRange(f"{where}: {what}must {expected}, got {value!r}")
+    raise _OutOfRange(f"{where}: {what}must {expected}, got {shown(value)}")
 
 
 def _coerce(value: Any, tp: Any, where: str, bounds: Range | tuple[Range, ...] | None = None,
@@ -233,7 +233,7 @@ def _coerce(value: Any, tp: Any, where: str, bounds: Range | tuple[Range, ...] |
     float must be finite and every number inside `bounds` (one Range for all, or one per tuple position)."""
     origin = typing.get_origin(tp)
     if tp is Any:
-        return value
+        return _bounded(value, where)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
@@ -247,7 +247,7 @@ def _coerce(value: Any, tp: Any, where: str, bounds: Range | tuple[Range, ...] |
                 raise
             except ConfigError:
                 continue
-        raise ConfigError(f"{where}: expected {type_text(tp)}, got {value!r}")
+        raise ConfigError(f"{where}: expected {type_text(tp)}, got {shown(value)}")
     if origin is typing.Literal:
         choices = typing.get_args(tp)
         if isinstance(value, bool) and str(value).lower() in choices:
@@ -258,15 +258,15 @@ def _coerce(value: Any, tp: Any, where: str, bounds: Range | tuple[Range, ...] |
             value = str(value)              # and `precision: 32` as an int
         if value not in choices:
             choices = ", ".join(repr(a) for a in typing.get_args(tp))
-            raise ConfigError(f"{where}: expected one of {choices}, got {value!r}")
+            raise ConfigError(f"{where}: expected one of {choices}, got {shown(value)}")
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {shown(value)}")
         return from_dict(tp, value, where)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {shown(value)}")
         args = typing.get_args(tp)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
@@ -283,13 +283,13 @@ def _coerce(value: Any, tp: Any, where: str, bounds: Range | tuple[Range, ...] |
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+            raise ConfigError(f"{where}: expected a mapping, got {shown(value)}")
+        return dict(_bounded(value, where))
     if isinstance(bounds, tuple):
         raise TypeError(f"{where}: setting(items=...) gives the ranges of a fixed-length list's positions")
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {shown(value)}")
         try:
             number = float(value)
         except OverflowError:           # an integer beyond the float range
@@ -298,19 +298,43 @@ def _coerce(value: Any, tp: Any, where: str, bounds: Range | tuple[Range, ...] |
         return number
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {shown(value)}")
         _check_number(value, bounds, where, nullable)
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {shown(value)}")
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {shown(value)}")
         return value
     if isinstance(tp, type) and not isinstance(value, tp):
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {shown(value)}")
+    return _bounded(value, where)
+
+
+# the most values an untyped config value (a bare `dict` such as `model.options`, or `Any`) may hold, counted
+# as its YAML aliases expand: a file of a few hundred bytes can otherwise stand for billions of them, which
+# printing or saving the config would build
+MAX_UNTYPED_VALUES = 100_000
+
+
+def _bounded(value: Any, where: str) -> Any:
+    """`value`, unless it holds more than MAX_UNTYPED_VALUES keys and values once expanded (a YAML alias bomb,
+    or a list that contains itself): then a ConfigError naming `where`. Looks at no more than that many."""
+    stack, count = [value], 0
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > MAX_UNTYPED_VALUES:
+            raise ConfigError(f"{where}: more than {MAX_UNTYPED_VALUES:,} values once its YAML aliases are "
+                              f"expanded (or a value that contains itself)")
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
     return value
 
 
@@ -330,7 +354,7 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     parent = f"{where}." if where else ""
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)      # YAML keys need not be strings
     if unknown:
         name, value = unknown[0], data[unknown[0]]
         dotted = name
@@ -358,20 +382,43 @@ def apply_overrides(data: dict, overrides: list[str] | None, where: str) -> dict
     """Apply `a.b=value` strings to a nested mapping; values are parsed as YAML scalars/lists."""
     for item in overrides or []:
         if "=" not in item:
-            raise ConfigError(f"{where}: override '{item}' is not of the form key=value")
+            raise ConfigError(f"{where}: override {shown(item)} is not of the form key=value")
         key, raw = item.split("=", 1)
         try:
             value = parse_yaml(raw)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{where}: override '{item}': value is not valid YAML ({exc})") from None
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:
+            reason = " ".join(str(exc).split())
+            raise ConfigError(f"{where}: override {shown(item)}: value is not valid YAML ({reason})") from None
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"{where}: override '{item}': '{part}' is not a section")
+                raise ConfigError(f"{where}: override {shown(item)}: '{part}' is not a section")
         node[parts[-1]] = value
     return data
+
+
+def check_override_keys(cls: type, overrides: list[str] | None) -> None:
+    """Refuse an override `KEY=VALUE` whose KEY dataclass `cls` does not have, in one line that names the
+    override (`--set KEY=VALUE`), not the config file it would otherwise be blamed on. Keys below a mapping
+    (`model.options.width`) are the mapping's owner's to check."""
+    for item in overrides or []:
+        if "=" not in item:
+            continue        # apply_overrides says what is wrong with it
+        key = item.split("=", 1)[0].strip()
+        section, parent = cls, ""
+        for part in key.split("."):
+            hints = typing.get_type_hints(section)
+            names = [f.name for f in dataclasses.fields(section)]
+            if part not in names:
+                guess = closest_key(cls, key)
+                hint = f"did you mean '{guess}'? " if guess else ""
+                raise ConfigError(f"--set {item}: unknown key '{parent}{part}' ({hint}known keys: "
+                                  f"{', '.join(sorted(names))})")
+            if not dataclasses.is_dataclass(hints[part]):
+                break
+            section, parent = hints[part], f"{parent}{part}."
 
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -402,6 +449,10 @@ def read_yaml(path: str | Path) -> dict:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}: malformed YAML{line}: {getattr(exc, 'problem', exc)}") from None
+    except (ValueError, RecursionError) as exc:
+        # an integer of thousands of digits (Python refuses to convert it), nesting deeper than the parser's stack
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else " ".join(str(exc).split())
+        raise ConfigError(f"{path}: unreadable YAML: {reason}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -409,13 +460,17 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def load_config(path: str | Path | None, cls: type[T], overrides: list[str] | None = None) -> T:
-    """Load YAML file `path` (or nothing) plus `overrides` into dataclass `cls`, validated."""
-    if path is not None:
+def load_config(path: str | Path | None, cls: type[T], overrides: list[str] | None = None, *,
+                packaged: bool = True) -> T:
+    """Load YAML file `path` (or nothing) plus `overrides` into dataclass `cls`, validated. `packaged`: a path
+    not found here is looked up among bcrdist's packaged training and data-generation configs (`find_config`);
+    False for other kinds of file (a site's Slurm config), whose absence is one line naming it."""
+    if path is not None and packaged:
         path = find_config(path)
     data = read_yaml(path) if path is not None else {}
     source = str(path) if path is not None else "config"
-    apply_overrides(data, overrides, source)
+    check_override_keys(cls, overrides)
+    apply_overrides(data, overrides, "--set")
     try:
         return from_dict(cls, data)
     except ConfigError as exc:

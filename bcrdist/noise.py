@@ -29,6 +29,9 @@ import torch
 from bcrdist.errors import ConfigError
 
 MODELS = ("fan", "complex", "additive")
+# the highest noise level, percent: noise ten times the data (δ = 10) already drowns them; far beyond it the
+# noisy inputs and their squares in the loss overflow float32, and a run would fail blaming its data
+MAX_LEVEL = 1000.0
 # first words of the per-sample seeds, (per-epoch draw, fixed draw) per model; they keep the streams apart
 # from each other and from the reader's shuffle and split streams. `fan`'s are the data pipeline's
 # historical ones, so its draws are unchanged.

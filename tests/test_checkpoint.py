@@ -206,7 +206,7 @@ def test_load_model_state_prefixed_into_wrapped():
     load_model_state(FakeDDP(dst), prefixed)
     for (k, v), (_, w) in zip(src.state_dict().items(), dst.state_dict().items()):
         assert torch.equal(v, w), k
-    with pytest.raises(RuntimeError):                     # strict
+    with pytest.raises(DataError, match=r"lacks 1 of the model's 4 tensors \(2.bias, …\)"):     # strict
         load_model_state(dst, {k: v for k, v in list(src.state_dict().items())[:-1]})
 
 
@@ -251,7 +251,7 @@ def test_save_model_and_load_model_round_trip(tmp_path):
     assert ck["model_config"] == model.record()
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in ck["model"])
     loaded, meta = load_model(path, with_meta=True)
-    assert meta == {"seed": 7, "config": {"seed": 7}}
+    assert meta == {"seed": 7, "config": {"seed": 7}, "provenance": None}
     assert not loaded.training and loaded.antipodal and loaded.use_imag
     for (k, v), (k2, w) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert k == k2 and torch.equal(v, w), k

@@ -352,6 +352,20 @@ def test_unknown_key_without_a_close_one_gets_no_suggestion():
     assert "unknown key 'zzzzqqqq'" in msg and "did you mean" not in msg and "known keys" in msg, msg
 
 
+def test_an_unknown_override_key_names_the_override_not_the_file(tmp_path, capsys):
+    # issue 21: a --set typo was blamed on the (valid) config file
+    from bcrdist.cli import main
+
+    path = write(tmp_path, "seed: 1\n")
+    msg = config_error(load_config, path, TrainConfig, ["schedul.epochs=3"])
+    assert msg.startswith("--set schedul.epochs=3: unknown key 'schedul' (did you mean 'schedule.epochs'?"), msg
+    assert str(path) not in msg
+    assert load_config(path, TrainConfig, ["model.options.width=3"]).model.options == {"width": 3}
+    assert main(["train", "--config", str(path), "--set", "schedule.epoch=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("bcrdist train: error: --set schedule.epoch=3: unknown key"), err
+
+
 # ------------------------------------------------------------------------------ bcrdist train --print
 def test_train_print_shows_the_resolved_value_and_does_not_train(tmp_path, capsys):
     from bcrdist.cli import main
@@ -400,8 +414,11 @@ CONFIGS = ROOT / "configs" if (ROOT / "configs").is_dir() else ROOT / "bcrdist" 
     ("schedule.finetune_stages=[[4, 0]]", "schedule.finetune_stages[0]", "lr multiplier"),
     ("schedule.finetune_stages=[[4, .nan]]", "schedule.finetune_stages[0]", "finite"),
     ("data.n_valid=0", "data.n_valid", "≥ 1"),
-    ("data.noise=.nan", "data.noise", "finite number ≥ 0"),
-    ("data.noise=.inf", "data.noise", "finite"),
+    ("data.noise=.nan", "data.noise", "must lie in [0, 1000]"),
+    ("data.noise=.inf", "data.noise", "must lie in [0, 1000]"),
+    ("data.noise=1e30", "data.noise", "must lie in [0, 1000]"),
+    ("data.noise_max=1e300", "data.noise_max", "must lie in [0, 1000] or be null"),
+    ("data.eval_noise=1001", "data.eval_noise", "must lie in [0, 1000] or be null"),
     ("data.percent=0", "data.percent", "(0, 1) or be null"),
     ("data.percent=1", "data.percent", "(0, 1)"),
     ("data.percent=.nan", "data.percent", "(0, 1)"),
@@ -538,7 +555,7 @@ def test_non_finite_floats_are_refused_without_a_declared_range(tmp_path, text, 
 
 
 def test_check_ranges_on_configs_built_in_code():
-    with pytest.raises(ConfigError, match=r"^data\.noise: must be a finite number ≥ 0, got nan$"):
+    with pytest.raises(ConfigError, match=r"^data\.noise: must lie in \[0, 1000\], got nan$"):
         DataConfig(noise=math.nan).validate()
     with pytest.raises(ConfigError, match=r"^schedule\.pretrain_stages\[0\]: lr multiplier"):
         ScheduleConfig(pretrain_stages=[(1, -1.0)]).validate()

@@ -263,8 +263,9 @@ def test_training_on_a_nan_target_stops_at_once_naming_the_split(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "data": {"path": str(root), "n_valid": 4},
                                    "model": {"alpha": 2, "n_cnn": 1, "n_cnn3": 1, "levels": 1},
-                                   "schedule": {"batch_size": 4, "epochs": 1}, "results_table": None,
-                                   "runtime": {"compile": "false", "threads": 1}}))
+                                   "schedule": {"batch_size": 4, "epochs": 1, "pretrain_stages": [[1, 1.0]],
+                                                "finetune_stages": [[2, 1.0]]},
+                                   "results_table": None, "runtime": {"compile": "false", "threads": 1}}))
     result = bcrdist("train", "--config", cfg)
     assert result.returncode == 2 and one_line(result.stderr), result.stderr
     assert (f"{root / 'shard-00001.h5'}: dataset 'coe': non-finite value (NaN or inf) in sample 13 of split "

@@ -345,7 +345,7 @@ def test_config_keys_resolve_and_belong_to_the_run():
     assert d.evaluation_noise() == ("additive", 0.0)
     assert d.noise_record() == {"train": {"model": "complex", "level": 2.0, "level_max": None, "per_epoch": False},
                                 "eval": {"model": "additive", "level": 0.0}}
-    with pytest.raises(ConfigError, match=r"data\.eval_noise: must be a finite number ≥ 0 or null, got -1"):
+    with pytest.raises(ConfigError, match=r"data\.eval_noise: must lie in \[0, 1000\] or be null, got -1"):
         load_config(None, TrainConfig, ["data.eval_noise=-1"])
     with pytest.raises(ConfigError, match=r"data\.eval_noise_model: expected .*, got .gauss."):
         load_config(None, TrainConfig, ["data.eval_noise_model=gauss"])

@@ -81,13 +81,13 @@ def test_a_network_registered_outside_bcrdist_trains_resumes_evaluates_and_loads
     it is registered), a resume from a run stopped at max_steps, `evaluate` and `bcrdist.load_model`. The run
     plan is made once per run (the calls are counted)."""
     calls = []
-    real = trainer_module.make_plan
+    real = trainer_module.make_training_plan
 
     def counted(*args, **kwargs):
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "make_plan", counted)
+    monkeypatch.setattr(trainer_module, "make_training_plan", counted)
     resolved = []
     real_resolve = plan_module.resolve_data
     monkeypatch.setattr(plan_module, "resolve_data", lambda *a: resolved.append(a) or real_resolve(*a))

@@ -128,7 +128,8 @@ def test_run_dir_with_a_newline_is_refused(capsys, tmp_path):
     cfg.write_text('run_dir: "/tmp/a\\n#SBATCH --account=stolen"\n')      # a quoted YAML string keeps the \n
     assert main(["submit", "--config", str(cfg), "--folder", str(tmp_path / "f"), "--dry-run"]) == 2
     err = capsys.readouterr().err
-    assert re.search(r"^bcrdist submit: error: run_dir: .*control character '\\n'", err) and err.count("\n") == 1
+    assert re.search(rf"^bcrdist submit: error: {re.escape(str(cfg))}: run_dir: .*control character '\\n'", err) \
+        and err.count("\n") == 1
 
 
 def test_bad_resource_file_names_the_file_and_key(tmp_path):
@@ -194,3 +195,14 @@ def test_local_executor_runs_the_job_here(tmp_path):
     job = re.search(r"^job (\d+) finished", out.stdout, flags=re.M).group(1)
     assert listed.returncode == 0 and f"COMPLETED (local)  {tmp_path / 'run'}" in listed.stdout, listed.stdout
     assert listed.stdout.splitlines()[1].startswith(f"{job}  ")
+
+
+def test_a_missing_site_file_is_one_line_naming_it(capsys, tmp_path, monkeypatch):
+    # issue 21: a missing --slurm-config listed bcrdist's packaged training configs
+    site = tmp_path / "site.yaml"
+    code, out, err = submit(capsys, tmp_path, "--slurm-config", str(site), "--dry-run")
+    assert code == 2 and not out
+    assert err == f"bcrdist submit: error: {site}: Slurm site config not found (given by --slurm-config)\n", err
+    monkeypatch.setenv(SLURM_CONFIG_VAR, str(site))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(site))}: .* \(given by \${SLURM_CONFIG_VAR}\)$"):
+        load_resources()

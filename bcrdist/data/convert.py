@@ -37,7 +37,7 @@ from bcrdist.data.format import (MANIFEST_NAME, ShardWriter, existing_shard, ope
                                  write_manifest)
 from bcrdist.distributed.mpi import gather_or_raise, world
 from bcrdist.data.stats import merge_statistics, shard_statistics
-from bcrdist.errors import ConfigError, DataError
+from bcrdist.errors import ConfigError, DataError, shown
 from bcrdist.fileio import one_line, os_message
 from bcrdist.physics.layout import GridInfo
 
@@ -110,11 +110,11 @@ def decode_attrs(encoded: dict) -> dict:
 def _dataset(fh: h5py.File, name: str, src: str) -> h5py.Dataset:
     obj = fh.get(name)
     if obj is None:
-        raise DataError(f"{src}: dataset {name!r} missing")
+        raise DataError(f"{src}: dataset {shown(name)} missing")
     if not isinstance(obj, h5py.Dataset):
-        raise DataError(f"{src}: {name!r} is a group, expected a dataset")
+        raise DataError(f"{src}: {shown(name)} is a group, expected a dataset")
     if obj.dtype.kind not in "biufc" or obj.dtype.fields is not None:
-        raise DataError(f"{src}: dataset {name!r}: unsupported dtype {obj.dtype}")
+        raise DataError(f"{src}: dataset {shown(name)}: unsupported dtype {obj.dtype}")
     return obj
 
 
@@ -138,12 +138,12 @@ def inspect_source(fh: h5py.File, layout: str = "auto") -> tuple[str, int, list[
         for name, rank in FAN_REQUIRED.items():
             dset = _dataset(fh, name, src)
             if dset.ndim != rank:
-                raise DataError(f"{src}: dataset {name!r} has rank {dset.ndim} {dset.shape}, expected {rank}")
+                raise DataError(f"{src}: dataset {shown(name)} has rank {dset.ndim} {dset.shape}, expected {rank}")
         n = fh["measure"].shape[0]
         for name in fh:
             dset = _dataset(fh, name, src)
             if dset.ndim < 1 or dset.shape[0] != n:
-                raise DataError(f"{src}: dataset {name!r} has shape {dset.shape}; inconsistent sample count "
+                raise DataError(f"{src}: dataset {shown(name)} has shape {dset.shape}; inconsistent sample count "
                                 f"(measure has {n})")
             fields.append(ShardField(name, (name,), tuple(dset.shape[1:]), dset.dtype, False))
             record["datasets"].append({"name": name, "shard": name, "part": None, "shape": list(dset.shape),
@@ -157,17 +157,23 @@ def inspect_source(fh: h5py.File, layout: str = "auto") -> tuple[str, int, list[
         has_imag = "farfield.imag" in fh
         names = [name for name in FARFIELD_NAMES if has_imag or name != "farfield.imag"]
         dsets = {name: _dataset(fh, name, src) for name in names}
+        for name in ("farfield.real", "farfield.imag"):
+            # a part of the far field named by its file: complex numbers there are not that part, and
+            # assigning them to one would drop their imaginary parts
+            if name in dsets and dsets[name].dtype.kind == "c":
+                raise DataError(f"{src}: dataset {shown(name)} holds complex numbers ({dsets[name].dtype}); it must "
+                                f"hold the far field's {name.partition('.')[2]} part, real numbers")
         n = dsets["farfield.real"].shape[-1]
         sides = {}
         for name, dset in dsets.items():
             if dset.ndim != 2:
-                raise DataError(f"{src}: dataset {name!r} has rank {dset.ndim} {dset.shape}, expected 2 (M, N)")
+                raise DataError(f"{src}: dataset {shown(name)} has rank {dset.ndim} {dset.shape}, expected 2 (M, N)")
             if dset.shape[1] != n:
-                raise DataError(f"{src}: dataset {name!r} has {dset.shape[1]} samples (columns), farfield.real "
+                raise DataError(f"{src}: dataset {shown(name)} has {dset.shape[1]} samples (columns), farfield.real "
                                 f"has {n}; inconsistent sample counts")
             side = math.isqrt(dset.shape[0])
             if side * side != dset.shape[0]:
-                raise DataError(f"{src}: dataset {name!r}: {dset.shape[0]} rows is not a square grid")
+                raise DataError(f"{src}: dataset {shown(name)}: {dset.shape[0]} rows is not a square grid")
             sides[name] = side
             part = name.split(".")[1] if name != "image" and has_imag else None
             record["datasets"].append({"name": name, "shard": "image" if name == "image" else "farfield",
@@ -186,7 +192,7 @@ def inspect_source(fh: h5py.File, layout: str = "auto") -> tuple[str, int, list[
                                      dsets["farfield.real"].dtype, True))
         fields.append(ShardField("image", ("image",), (sides["image"],) * 2, dsets["image"].dtype, True))
     else:
-        raise ConfigError(f"layout: expected auto, fan or farfield, got {layout!r}")
+        raise ConfigError(f"layout: expected auto, fan or farfield, got {shown(layout)}")
     if n < 1:
         raise DataError(f"{src}: the data set holds no samples")
     return layout, n, fields, record
@@ -198,7 +204,7 @@ def _read_slab(fh: h5py.File, field: ShardField, start: int, stop: int) -> np.nd
     try:
         parts = [fh[s][:, start:stop] if field.columns else fh[s][start:stop] for s in field.sources]
     except OSError as exc:
-        raise DataError(f"{src}: dataset {field.sources[0]!r}: read failed at samples {start}–{stop - 1} "
+        raise DataError(f"{src}: dataset {shown(field.sources[0])}: read failed at samples {start}–{stop - 1} "
                         f"(truncated or corrupt?): {one_line(exc)}") from None
     if field.columns:
         parts = [p.T.reshape(stop - start, *field.sample_shape) for p in parts]
@@ -216,7 +222,7 @@ def _check_finite(slab: np.ndarray, field: ShardField, start: int, src: str) -> 
     for source, part in zip(field.sources, parts):
         bad = ~np.isfinite(part.reshape(len(part), -1)).all(axis=1)
         if bad.any():
-            raise DataError(f"{src}: dataset {source!r}: non-finite value (NaN or inf) in sample "
+            raise DataError(f"{src}: dataset {shown(source)}: non-finite value (NaN or inf) in sample "
                             f"{start + int(np.argmax(bad))}")
 
 
@@ -247,7 +253,8 @@ def other_data_set(out: pathlib.Path, planned: list[str], fields: list[ShardFiel
         except (OSError, ValueError, AttributeError):
             return f"{manifest}: an unreadable manifest of an unknown data set"
         wanted = {"tool": "bcrdist shard", "source": source_id["source"], **config}
-        differ = [f"{key} {made[key]!r}, this conversion {wanted[key]!r}" for key in wanted if made[key] != wanted[key]]
+        differ = [f"{key} {shown(made[key])}, this conversion {shown(wanted[key])}" for key in wanted
+                  if made[key] != wanted[key]]
         if differ:
             return f"{manifest}: holds another data set ({'; '.join(differ)})"
     for name in planned:
@@ -315,7 +322,7 @@ def converted_grid(layout: str, fields: list[ShardField], options: dict | None) 
         return None
     flag = "--" + sorted(options)[0].replace("_", "-")
     if layout != "farfield":
-        raise ConfigError(f"{flag}: grid options describe the far-field/image layout; {layout!r} takes none")
+        raise ConfigError(f"{flag}: grid options describe the far-field/image layout; {shown(layout)} takes none")
     missing = [f"--{key}" for key in ("k", "box") if key not in options]
     if missing:
         raise ConfigError(f"{' and '.join(missing)}: needed with the other grid options (the wavenumber and the "

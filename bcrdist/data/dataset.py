@@ -32,7 +32,7 @@ from bcrdist.data.order import default_block_size, epoch_order
 from bcrdist.data.preprocess import Preprocess, Preprocessor
 from bcrdist.data.shard_io import BufferArenas, ShardChecks, ShardPool
 from bcrdist.data.splits import load_split
-from bcrdist.errors import ConfigError, DataError
+from bcrdist.errors import ConfigError, DataError, shown
 
 STATE_VERSION = 1
 
@@ -133,15 +133,21 @@ class ShardedDataset(IterableDataset):
         self._consumed = 0
         self._plan: tuple[int, np.ndarray, np.ndarray] | None = None
 
+    def check(self) -> None:
+        """Check every shard of the split now, as its first read would (`verify`: SHA-256 against the manifest,
+        NaN/inf in the split's samples unless the statistics count none): a corrupt or truncated shard, or a
+        non-finite sample, is then refused, with the same one-line DataError, before a run trains on anything."""
+        self._pool.check(self.indices)
+
     def _describe(self, split, split_name: str | None) -> str:
         """How messages name this reader's samples: "split 'train' of data/ds"."""
         if split_name is not None:
-            return f"split {split_name!r} of {self.manifest.root}"
+            return f"split {shown(split_name)} of {self.manifest.root}"
         if split is None:
             return f"data set {self.manifest.root} (all samples)"
         if isinstance(split, np.ndarray):
             return f"the reader's split of {len(self.indices)} samples of {self.manifest.root}"
-        return f"split {str(split)!r} of {self.manifest.root}"
+        return f"split {shown(str(split))} of {self.manifest.root}"
 
     # --- partition --------------------------------------------------------------------------------------
 

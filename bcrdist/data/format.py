@@ -30,7 +30,7 @@ from typing import Any, Iterable
 import h5py
 import numpy as np
 
-from bcrdist.errors import DataError
+from bcrdist.errors import DataError, shown
 from bcrdist.physics.layout import GridInfo
 from bcrdist.fileio import (HeldErrorFile, PathLike, atomic_write_json, fd_sha256, file_sha256, fsync_file,
                             one_line, os_message, remove_stale_temps, temp_path)
@@ -59,7 +59,7 @@ def chunk_samples_for(sample_nbytes: int, num_samples: int) -> int:
 
 def _check_name(name: str, where: str) -> None:
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-        raise DataError(f"{where}: invalid dataset name {name!r} (non-empty, no '/', not starting with '.')")
+        raise DataError(f"{where}: invalid dataset name {shown(name)} (non-empty, no '/', not starting with '.')")
 
 
 def _check_dtype(dtype: np.dtype, where: str) -> np.dtype:
@@ -117,7 +117,7 @@ class ShardWriter:
         for key, value in (attrs or {}).items():
             if key in _RESERVED_ATTRS:
                 self.abort()
-                raise DataError(f"{self.final}: attribute {key!r} is reserved by the format")
+                raise DataError(f"{self.final}: attribute {shown(key)} is reserved by the format")
             self._file.attrs[key] = value
 
     def __enter__(self) -> "ShardWriter":
@@ -129,7 +129,7 @@ class ShardWriter:
     def create(self, name: str, sample_shape: Iterable[int], dtype) -> None:
         """Create dataset `name` of shape (num_samples, *sample_shape), chunked along the sample axis."""
         _check_name(name, str(self.final))
-        dtype = _check_dtype(dtype, f"{self.final}: dataset {name!r}")
+        dtype = _check_dtype(dtype, f"{self.final}: dataset {shown(name)}")
         sample_shape = tuple(int(s) for s in sample_shape)
         sample_nbytes = int(np.prod(sample_shape, dtype=np.int64)) * dtype.itemsize
         chunk = chunk_samples_for(sample_nbytes, self.num_samples)
@@ -146,13 +146,13 @@ class ShardWriter:
     def write(self, name: str, start: int, data: np.ndarray) -> None:
         """Write `data` (k, *sample_shape) at sample offset `start`; slabs must come in order."""
         if name not in self._written:
-            raise DataError(f"{self.final}: dataset {name!r} was not created")
+            raise DataError(f"{self.final}: dataset {shown(name)} was not created")
         if start != self._written[name]:
-            raise DataError(f"{self.final}: dataset {name!r}: slab starts at {start}, expected "
+            raise DataError(f"{self.final}: dataset {shown(name)}: slab starts at {start}, expected "
                             f"{self._written[name]}")
         dset = self._file[name]
         if data.shape[1:] != dset.shape[1:] or start + len(data) > self.num_samples:
-            raise DataError(f"{self.final}: dataset {name!r}: slab of shape {data.shape} at {start} does not "
+            raise DataError(f"{self.final}: dataset {shown(name)}: slab of shape {data.shape} at {start} does not "
                             f"fit {dset.shape}")
         if len(data):
             dset[start:start + len(data)] = data
@@ -214,7 +214,7 @@ def write_shard(out_dir: PathLike, shard_index: int, first_index: int, arrays: d
     for name, arr in arrays.items():
         arr = np.asarray(arr)
         if arr.ndim < 1:
-            raise DataError(f"{out}: dataset {name!r}: needs a sample axis, got a scalar")
+            raise DataError(f"{out}: dataset {shown(name)}: needs a sample axis, got a scalar")
         lengths[name] = arr.shape[0]
     if len(set(lengths.values())) != 1:
         raise DataError(f"{out}: inconsistent sample counts {lengths}")
@@ -264,8 +264,8 @@ def _describe_shard(path: pathlib.Path) -> dict[str, dict]:
         out = {}
         for name, dset in fh.items():
             if not isinstance(dset, h5py.Dataset) or dset.ndim < 1:
-                raise DataError(f"{path}: dataset {name!r}: not an array with a sample axis")
-            dtype = _check_dtype(dset.dtype, f"{path}: dataset {name!r}")
+                raise DataError(f"{path}: dataset {shown(name)}: not an array with a sample axis")
+            dtype = _check_dtype(dset.dtype, f"{path}: dataset {shown(name)}")
             out[name] = {"shape": list(dset.shape[1:]), "dtype": dtype.str,
                          "chunk_samples": int(dset.chunks[0]) if dset.chunks else int(dset.shape[0]),
                          "n": int(dset.shape[0])}
@@ -360,7 +360,7 @@ def check_shard_file(name: Any, where: str, entry: int) -> None:
     text = name if isinstance(name, str) else ""
     rel = pathlib.PurePosixPath(text.replace("\\", "/"))
     if not rel.parts or rel.is_absolute() or ".." in rel.parts or ":" in rel.parts[0] or "\0" in text:
-        raise DataError(f"{where}: shard entry {entry} names {name!r}, which is not inside the data-set folder "
+        raise DataError(f"{where}: shard entry {entry} names {shown(name)}, which is not inside the data-set folder "
                         "(shard files are paths relative to the folder, without '..')")
 
 
@@ -421,7 +421,7 @@ class Manifest:
         """Statistics of `field` ('coe', or 'farfield.real' for a complex dataset); DataError if absent."""
         stats = (self.statistics or {}).get(field)
         if stats is None:
-            raise DataError(f"{self.path}: no statistics for {field!r}; run `bcrdist stats {self.root}` first")
+            raise DataError(f"{self.path}: no statistics for {shown(field)}; run `bcrdist stats {self.root}` first")
         return stats
 
 
@@ -439,7 +439,7 @@ def read_manifest(path: PathLike) -> Manifest:
     if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
         raise DataError(f"{mpath}: not a {FORMAT_NAME} manifest")
     if not isinstance(raw.get("format_version"), int) or raw["format_version"] > FORMAT_VERSION:
-        raise DataError(f"{mpath}: format_version {raw.get('format_version')!r} is not supported "
+        raise DataError(f"{mpath}: format_version {shown(raw.get('format_version'))} is not supported "
                         f"(this bcrdist reads ≤ {FORMAT_VERSION})")
     try:
         for entry, s in enumerate(raw["shards"]):
@@ -448,7 +448,7 @@ def read_manifest(path: PathLike) -> Manifest:
         if not shards:
             raise DataError(f"{mpath}: no shards")
         datasets = {name: DatasetSpec(name, tuple(int(x) for x in d["shape"]),
-                                      _check_dtype(d["dtype"], f"{mpath}: dataset {name!r}"),
+                                      _check_dtype(d["dtype"], f"{mpath}: dataset {shown(name)}"),
                                       int(d.get("chunk_samples", 1)))
                     for name, d in raw["datasets"].items()}
         num_samples = int(raw["num_samples"])

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from bcrdist.errors import ConfigError, DataError
+from bcrdist.errors import ConfigError, DataError, shown
 from bcrdist.physics.layout import GridInfo
 
 TARGET_DATASET = {"polar": "coe", "cartesian": "image"}
@@ -67,8 +67,8 @@ def _check_options(manifest, fields: dict, options: dict, source: str) -> None:
         have = recorded[key]
         same = (math.isclose(float(value), float(have), rel_tol=1e-12) if isinstance(have, float) else value == have)
         if have is not None and not same:
-            raise ConfigError(f"{_option_flag(key)}: {value!r} contradicts {source} of {manifest.root} ({have!r}); "
-                              f"drop the option")
+            raise ConfigError(f"{_option_flag(key)}: {shown(value)} contradicts {source} of {manifest.root} "
+                              f"({shown(have)}); drop the option")
 
 
 def grid_from_manifest(manifest, options: dict | None = None) -> GridInfo:

@@ -19,7 +19,7 @@ from bcrdist.data.convert import decode_attrs
 from bcrdist.data.format import MANIFEST_NAME, check_shard_bytes, open_h5, read_manifest
 from bcrdist.fileio import HeldErrorFile, atomic_write_held, os_message, remove_stale_temps
 from bcrdist.data.stats import iter_slabs
-from bcrdist.errors import ConfigError, DataError
+from bcrdist.errors import ConfigError, DataError, shown
 
 SLAB_BYTES = 256 << 20
 
@@ -44,7 +44,7 @@ def merge_dataset(path, out, *, layout: str = "auto", overwrite: bool = False,
     if layout == "auto":
         layout = "original" if manifest.layout else "samples"
     if layout not in ("original", "samples"):
-        raise ConfigError(f"layout: expected auto, original or samples, got {layout!r}")
+        raise ConfigError(f"layout: expected auto, original or samples, got {shown(layout)}")
     if layout == "original" and not manifest.layout:
         raise DataError(f"{manifest.path}: no source layout recorded (not made by `bcrdist shard`); "
                         "use --layout samples")
@@ -90,7 +90,7 @@ def _copy_shard(manifest, shard: int, targets: list, columns: bool, slab_bytes: 
     with open_h5(manifest.shard_path(shard)) as src:
         for item, dset in targets:
             if item["shard"] not in src:
-                raise DataError(f"{manifest.shard_path(shard)}: dataset {item['shard']!r} missing")
+                raise DataError(f"{manifest.shard_path(shard)}: dataset {shown(item['shard'])} missing")
             for start, slab in iter_slabs(src[item["shard"]], slab_bytes):
                 if item.get("part"):
                     slab = getattr(slab, item["part"])

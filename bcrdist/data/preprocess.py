@@ -14,7 +14,7 @@ import torch
 from bcrdist.noise import MODELS, check_model, noisy_samples
 from bcrdist.transforms import network_input, output_scale
 from bcrdist.data.format import Manifest
-from bcrdist.errors import ConfigError, DataError
+from bcrdist.errors import ConfigError, DataError, shown
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,9 +71,9 @@ def resolve_field(manifest: Manifest, field: str, where: str) -> tuple[str, str 
     base, _, part = field.rpartition(".")
     if part in ("real", "imag") and base in manifest.datasets:
         if manifest.datasets[base].dtype.kind != "c" and part == "imag":
-            raise DataError(f"{manifest.path}: {where}: dataset {base!r} is real; it has no imaginary part")
+            raise DataError(f"{manifest.path}: {where}: dataset {shown(base)} is real; it has no imaginary part")
         return base, part
-    raise DataError(f"{manifest.path}: {where}: no dataset {field!r} (datasets: {', '.join(manifest.datasets)})")
+    raise DataError(f"{manifest.path}: {where}: no dataset {shown(field)} (datasets: {', '.join(manifest.datasets)})")
 
 
 def noise_source(manifest: Manifest, spec: Preprocess, key: str = "preprocess.noise_model"
@@ -89,19 +89,19 @@ def noise_source(manifest: Manifest, spec: Preprocess, key: str = "preprocess.no
     imag = resolve_field(manifest, spec.input_imag, "preprocess.input_imag")[0] if spec.input_imag else None
     if manifest.datasets[name].dtype.kind == "c":
         if imag not in (None, name):
-            raise ConfigError(f"{key}: the noise acts on one complex far field; the input {spec.input!r} and "
-                              f"{spec.input_imag!r} are not its two parts")
+            raise ConfigError(f"{key}: the noise acts on one complex far field; the input {shown(spec.input)} and "
+                              f"{shown(spec.input_imag)} are not its two parts")
         return name, None
     if model == "fan":
         return None
     imag = imag or f"{name}_imag"
     if imag not in manifest.datasets or manifest.datasets[imag].dtype.kind == "c":
-        raise ConfigError(f"{key}: {model!r} noise acts on the complex far field, but the input {spec.input!r} is "
-                          f"real and {manifest.root} has no real dataset {imag!r} with its imaginary part; choose "
-                          f"one of {', '.join(MODELS)} that fits (`fan` acts on real data)")
+        raise ConfigError(f"{key}: {shown(model)} noise acts on the complex far field, but the input "
+                          f"{shown(spec.input)} is real and {manifest.root} has no real dataset {shown(imag)} with its "
+                          f"imaginary part; choose one of {', '.join(MODELS)} that fits (`fan` acts on real data)")
     if manifest.datasets[imag].shape != manifest.datasets[name].shape:
-        raise DataError(f"{manifest.path}: {key}: {imag!r} has per-sample shape {manifest.datasets[imag].shape}, "
-                        f"{name!r} has {manifest.datasets[name].shape}")
+        raise DataError(f"{manifest.path}: {key}: {shown(imag)} has per-sample shape {manifest.datasets[imag].shape}, "
+                        f"{shown(name)} has {manifest.datasets[name].shape}")
     return name, imag
 
 
@@ -113,9 +113,9 @@ class Preprocessor:
         try:
             self.dtype = np.dtype(spec.dtype)
         except TypeError:
-            raise ConfigError(f"preprocess.dtype: not a dtype: {spec.dtype!r}") from None
+            raise ConfigError(f"preprocess.dtype: not a dtype: {shown(spec.dtype)}") from None
         if self.dtype.kind != "f":
-            raise ConfigError(f"preprocess.dtype: must be a floating dtype, got {spec.dtype!r}")
+            raise ConfigError(f"preprocess.dtype: must be a floating dtype, got {shown(spec.dtype)}")
         if spec.noise < 0:
             raise ConfigError(f"preprocess.noise: must be ≥ 0 (percent), got {spec.noise}")
         if spec.noise_max is not None and not spec.noise_max >= spec.noise:
@@ -127,11 +127,11 @@ class Preprocessor:
         self.keep = [resolve_field(manifest, k, "preprocess.keep")[0] for k in spec.keep]
         shape = manifest.datasets[self.input[0]].shape
         if self.input_imag and manifest.datasets[self.input_imag[0]].shape != shape:
-            raise DataError(f"{manifest.path}: preprocess.input_imag: {spec.input_imag!r} has per-sample shape "
-                            f"{manifest.datasets[self.input_imag[0]].shape}, {spec.input!r} has {shape}")
+            raise DataError(f"{manifest.path}: preprocess.input_imag: {shown(spec.input_imag)} has per-sample shape "
+                            f"{manifest.datasets[self.input_imag[0]].shape}, {shown(spec.input)} has {shape}")
         if spec.antipodal and (len(shape) < 2 or shape[-2] % 2 or shape[-1] % 2):
             raise DataError(f"{manifest.path}: preprocess.antipodal needs an input of even shape (Ns, Nd), "
-                            f"{spec.input!r} is {shape}")
+                            f"{shown(spec.input)} is {shape}")
         self.target_scale = 1.0
         if spec.normalize_target:
             if self.target is None:
@@ -140,7 +140,7 @@ class Preprocessor:
             try:
                 self.target_scale = output_scale(stats["min"], stats["max"])
             except (TypeError, ValueError) as exc:
-                raise DataError(f"{manifest.path}: statistics of {spec.target!r}: {exc}") from None
+                raise DataError(f"{manifest.path}: statistics of {shown(spec.target)}: {exc}") from None
         self.noise_source = noise_source(manifest, spec)
         names = [self.input[0]] + ([self.input_imag[0]] if self.input_imag else []) \
             + [n for n in (self.noise_source or ()) if n] + ([self.target[0]] if self.target else []) + self.keep

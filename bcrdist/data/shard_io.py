@@ -27,7 +27,7 @@ import numpy as np
 
 from bcrdist.data.format import Manifest, check_shard_bytes, open_h5
 from bcrdist.data.stats import proves_finite
-from bcrdist.errors import DataError
+from bcrdist.errors import DataError, shown
 from bcrdist.fileio import one_line
 
 _IOV_MAX = 1024
@@ -46,7 +46,7 @@ class _Field:
         if layout is not None:
             self.chunk, self.offsets = layout
             if not self._raw_matches_h5py(fd):
-                warnings.warn(f"{dset.file.filename}: dataset {dset.name!r}: raw read disagrees with HDF5; "
+                warnings.warn(f"{dset.file.filename}: dataset {shown(dset.name)}: raw read disagrees with HDF5; "
                               "reading it through h5py", RuntimeWarning, stacklevel=2)
                 self.chunk, self.offsets = 0, None
 
@@ -210,7 +210,7 @@ class ShardChecks:
                 finite = np.isfinite(dest.reshape(len(part), -1)).all(axis=1)
                 if not finite.all():
                     sample = lo + int(part[np.argmin(finite)])
-                    raise DataError(f"{handle.path}: dataset {name!r}: non-finite value (NaN or inf) in sample "
+                    raise DataError(f"{handle.path}: dataset {shown(name)}: non-finite value (NaN or inf) in sample "
                                     f"{sample} of {self.describe}; the reader refuses it")
 
 
@@ -244,11 +244,11 @@ class _OpenShard:
             for name in datasets:
                 spec = manifest.datasets[name]
                 if name not in self.h5:
-                    raise DataError(f"{self.path}: dataset {name!r} missing")
+                    raise DataError(f"{self.path}: dataset {shown(name)} missing")
                 dset = self.h5[name]
                 expected = (int(info["num_samples"]), *spec.shape)
                 if dset.shape != expected or dset.dtype != spec.dtype:
-                    raise DataError(f"{self.path}: dataset {name!r} is {dset.shape} {dset.dtype}, the manifest "
+                    raise DataError(f"{self.path}: dataset {shown(name)} is {dset.shape} {dset.dtype}, the manifest "
                                     f"says {expected} {spec.dtype}")
                 self.fields[name] = _Field(dset, self.fd, spec.sample_nbytes)
             if fresh:
@@ -267,7 +267,7 @@ class _OpenShard:
         try:
             self.fields[name].read(self.fd, local, dests, batch, row)
         except OSError as exc:
-            raise DataError(f"{self.path}: dataset {name!r}: read failed (truncated or corrupt?): "
+            raise DataError(f"{self.path}: dataset {shown(name)}: read failed (truncated or corrupt?): "
                             f"{one_line(exc)}") from None
 
     def close(self) -> None:
@@ -317,6 +317,13 @@ class ShardPool:
             local = indices[a:b] - self.manifest.starts[shard]
             for name in self.datasets:
                 handle.read(name, local, out[name], batch[a:b], row[a:b])
+
+    def check(self, indices: np.ndarray) -> None:
+        """Open, and so check (`checks`), every shard holding one of the samples `indices` (sorted, unique)
+        now, then close them again."""
+        for shard, _, _ in self._segments(indices):
+            self._shard(shard)
+        self.close()
 
     def advise(self, indices: np.ndarray) -> None:
         """Announce upcoming reads of these samples (sorted, unique) to the kernel (`posix_fadvise`)."""

@@ -22,7 +22,7 @@ import numpy as np
 
 from bcrdist.data.format import Manifest, read_manifest
 from bcrdist.fileio import atomic_write_files, os_message, to_json
-from bcrdist.errors import ConfigError, DataError
+from bcrdist.errors import ConfigError, DataError, shown
 
 SPLIT_FORMAT = "bcrdist-split"
 SPLIT_VERSION = 1
@@ -40,7 +40,7 @@ def parse_fraction(text: str | float) -> float:
             return float(num) / float(den)
         return float(text)
     except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"percent: expected a number or a quotient like 4/5, got {text!r}") from None
+        raise ConfigError(f"percent: expected a number or a quotient like 4/5, got {shown(text)}") from None
 
 
 def original_split_counts(num_samples: int, percent: float) -> tuple[int, int]:
@@ -132,7 +132,7 @@ def _existing(path: pathlib.Path):
     """The parsed JSON of an existing split file (None when absent or unreadable)."""
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 
@@ -140,7 +140,8 @@ def _describe(path: pathlib.Path) -> str:
     doc = _existing(path)
     if not isinstance(doc, dict):
         return "unreadable"
-    return f"{doc.get('num_samples')} samples of data set {doc.get('dataset_id')}, rule {doc.get('rule')}"
+    return (f"{shown(doc.get('num_samples'))} samples of data set {shown(doc.get('dataset_id'), quotes=False)}, "
+            f"rule {shown(doc.get('rule'))}")
 
 
 def split_path(manifest: Manifest, split: str | pathlib.Path) -> pathlib.Path:
@@ -165,27 +166,55 @@ def load_split(manifest: Manifest, split: str | pathlib.Path | np.ndarray | None
         raise DataError(f"{path}: split file not found (make one with `bcrdist split {manifest.root}`)") from None
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: unreadable split file: {exc}") from None
+    except RecursionError:
+        raise DataError(f"{path}: unreadable split file: nested too deeply") from None
     if not isinstance(doc, dict) or doc.get("format") != SPLIT_FORMAT:
         raise DataError(f"{path}: not a {SPLIT_FORMAT} file")
     if doc.get("dataset_id") != manifest.dataset_id:
-        raise DataError(f"{path}: made for data set {doc.get('dataset_id')}, but {manifest.root} is "
-                        f"{manifest.dataset_id}; re-run `bcrdist split`")
+        raise DataError(f"{path}: made for data set {shown(doc.get('dataset_id'), quotes=False)}, but "
+                        f"{manifest.root} is {manifest.dataset_id}; re-run `bcrdist split`")
     try:
+        count = doc.get("num_samples")
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
+            raise ValueError(f"num_samples must be an integer, got {shown(count)}")
         if "ranges" in doc:
-            runs = np.asarray(doc["ranges"], dtype=np.int64).reshape(-1, 2)
+            runs = _integers(doc["ranges"], "ranges")
+            if runs.size and (runs.ndim != 2 or runs.shape[1] != 2):
+                raise ValueError(f"ranges: expected [start, stop) pairs, got {shown(doc['ranges'])}")
+            runs = runs.reshape(-1, 2)
+            # every range inside the data set and after the previous one, before the index array is made: a
+            # split file then never asks for more memory than the data set's own size
             lengths = runs[:, 1] - runs[:, 0]
             if (lengths < 0).any():
                 raise ValueError("a range has stop < start")
+            outside = (runs[:, 0] < 0) | (runs[:, 1] > manifest.num_samples)
+            if outside.any():
+                start, stop = runs[outside][0]
+                raise ValueError(f"range [{start}, {stop}) lies outside the data set's samples "
+                                 f"[0, {manifest.num_samples})")
+            if (runs[1:, 0] < runs[:-1, 1]).any():
+                raise ValueError("ranges must be sorted and disjoint")
             indices = (np.repeat(runs[:, 0] - np.cumsum(lengths) + lengths, lengths)
                        + np.arange(int(lengths.sum()), dtype=np.int64))
         else:
-            indices = np.asarray(doc["indices"], dtype=np.int64).reshape(-1)
+            indices = _integers(doc["indices"], "indices").reshape(-1)
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{path}: malformed split ({exc})") from None
     _check_indices(indices, manifest, path)
-    if "num_samples" in doc and int(doc["num_samples"]) != len(indices):
-        raise DataError(f"{path}: num_samples {doc['num_samples']} differs from the {len(indices)} listed")
+    if count is not None and count != len(indices):
+        raise DataError(f"{path}: num_samples {count} differs from the {len(indices)} listed")
     return indices
+
+
+def _integers(value, key: str) -> np.ndarray:
+    """The integers of a split file's `key` (a list, of pairs for ranges) as int64; ValueError for anything
+    else (a fraction, a string, an integer beyond int64)."""
+    array = np.asarray(value)
+    if array.size == 0:
+        return array.astype(np.int64)
+    if array.dtype.kind != "i":
+        raise ValueError(f"{key}: expected integers, got {shown(value)}")
+    return array.astype(np.int64, copy=False)
 
 
 def _check_indices(indices: np.ndarray, manifest: Manifest, where) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 
 from bcrdist.data.format import open_h5, read_manifest, update_manifest
 from bcrdist.distributed.mpi import gather_or_raise, world
-from bcrdist.errors import DataError
+from bcrdist.errors import DataError, shown
 from bcrdist.fileio import one_line, os_message
 
 SLAB_BYTES = 64 << 20
@@ -98,7 +98,7 @@ def iter_slabs(dset: h5py.Dataset, slab_bytes: int = SLAB_BYTES) -> Iterator[tup
         try:
             yield start, dset[start:start + step]
         except OSError as exc:
-            raise DataError(f"{dset.file.filename}: dataset {dset.name.lstrip('/')!r}: read failed at sample "
+            raise DataError(f"{dset.file.filename}: dataset {shown(dset.name.lstrip('/'))}: read failed at sample "
                             f"{start} (truncated or corrupt?): {one_line(exc)}") from None
 
 
@@ -108,7 +108,7 @@ def shard_statistics(path, dtypes: dict[str, np.dtype], slab_bytes: int = SLAB_B
     with open_h5(path) as fh:
         for name, dtype in dtypes.items():
             if name not in fh:
-                raise DataError(f"{path}: dataset {name!r} missing")
+                raise DataError(f"{path}: dataset {shown(name)} missing")
             parts = field_parts(name, dtype)
             for field, _ in parts:
                 out[field] = RunningStats()

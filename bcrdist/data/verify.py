@@ -16,7 +16,7 @@ from bcrdist.fileio import file_sha256
 from bcrdist.distributed.mpi import world
 from bcrdist.data.splits import list_splits, load_split
 from bcrdist.data.stats import field_parts, iter_slabs
-from bcrdist.errors import DataError
+from bcrdist.errors import DataError, shown
 
 
 def check_shard(manifest: Manifest, shard: int, *, checksums: bool = True, scan: bool = True) -> list[str]:
@@ -41,12 +41,12 @@ def check_shard(manifest: Manifest, shard: int, *, checksums: bool = True, scan:
                 problems.append(f"{path}: datasets {extra} not in the manifest")
             for name, spec in manifest.datasets.items():
                 if name not in fh:
-                    problems.append(f"{path}: dataset {name!r} missing")
+                    problems.append(f"{path}: dataset {shown(name)} missing")
                     continue
                 dset = fh[name]
                 expected = (int(info["num_samples"]), *spec.shape)
                 if dset.shape != expected or dset.dtype != spec.dtype:
-                    problems.append(f"{path}: dataset {name!r} is {dset.shape} {dset.dtype}, the manifest says "
+                    problems.append(f"{path}: dataset {shown(name)} is {dset.shape} {dset.dtype}, the manifest says "
                                     f"{expected} {spec.dtype}")
                     continue
                 if scan and dset.dtype.kind in "fc":
@@ -54,7 +54,7 @@ def check_shard(manifest: Manifest, shard: int, *, checksums: bool = True, scan:
                         bad = ~np.isfinite(slab.reshape(len(slab), -1)).all(axis=1)
                         if bad.any():
                             sample = int(info["first_index"]) + start + int(np.argmax(bad))
-                            problems.append(f"{path}: dataset {name!r}: non-finite value (NaN or inf) in "
+                            problems.append(f"{path}: dataset {shown(name)}: non-finite value (NaN or inf) in "
                                             f"sample {sample}")
                             break
     except DataError as exc:
@@ -71,7 +71,7 @@ def _check_statistics(manifest: Manifest) -> list[str]:
                 continue
             values = manifest.num_samples * int(np.prod(spec.shape, dtype=np.int64))
             if int(stats.get("count", -1)) + int(stats.get("nonfinite", 0)) != values:
-                problems.append(f"{manifest.path}: statistics of {field!r} cover {stats.get('count')} values, "
+                problems.append(f"{manifest.path}: statistics of {shown(field)} cover {stats.get('count')} values, "
                                 f"the data set has {values} (stale statistics; run `bcrdist stats`)")
     return problems
 

@@ -32,10 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import submitit
+import yaml
 from submitit.core.utils import FailedJobError
 
 from bcrdist.config import from_dict, load_config, parse_yaml, to_dict
-from bcrdist.errors import BcrdistError, ConfigError
+from bcrdist.errors import BcrdistError, ConfigError, shown
 from bcrdist.train.config import TrainConfig
 
 SLURM_CONFIG_VAR = "BCRDIST_SLURM_CONFIG"
@@ -65,8 +66,12 @@ def sweep_points(specs: list[str]) -> list[dict[str, object]]:
     for spec in specs:
         key, sep, values = spec.partition("=")
         if not sep or not key or not values:
-            raise ConfigError(f"--sweep {spec!r}: expected key=v1,v2,...")
-        axes.append([(key.strip(), parse_yaml(v)) for v in values.split(",")])
+            raise ConfigError(f"--sweep {shown(spec)}: expected key=v1,v2,...")
+        try:
+            axes.append([(key.strip(), parse_yaml(v)) for v in values.split(",")])
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:
+            raise ConfigError(f"--sweep {shown(spec)}: a value is not valid YAML ({' '.join(str(exc).split())})") \
+                from None
     return [dict(point) for point in itertools.product(*axes)] if axes else [{}]
 
 
@@ -86,7 +91,7 @@ def check_script_text(where: str, value: str) -> str:
     `#SBATCH` line or a shell command early and start another)."""
     bad = _CONTROL.search(value)
     if bad:
-        raise ConfigError(f"{where}: {value!r} contains the control character {bad.group()!r}; it would "
+        raise ConfigError(f"{where}: {shown(value)} contains the control character {bad.group()!r}; it would "
                           "break the batch script")
     return value
 
@@ -96,7 +101,7 @@ def _one_word(where: str, value: str | None) -> None:
         return
     check_script_text(where, value)
     if not value or any(ch.isspace() for ch in value):
-        raise ConfigError(f"{where}: expected one word (a Slurm name), got {value!r}")
+        raise ConfigError(f"{where}: expected one word (a Slurm name), got {shown(value)}")
 
 
 @dataclass(frozen=True)
@@ -132,10 +137,10 @@ class JobResources:
         for key in ("partition", "account", "qos", "constraint"):
             _one_word(key, getattr(self, key))
         if self.mem is not None and not _MEM.fullmatch(str(self.mem)):
-            raise ConfigError(f"mem: expected a size such as 64G, 500M or 0 (all of the node's), got {self.mem!r}")
+            raise ConfigError(f"mem: expected a size such as 64G, 500M or 0 (all of the node's), got {shown(self.mem)}")
         for key, value in self.sbatch.items():
             if not isinstance(key, str) or not _SBATCH_KEY.fullmatch(key):
-                raise ConfigError(f"sbatch: {key!r} is not an sbatch option name (lower case, e.g. mail-type)")
+                raise ConfigError(f"sbatch: {shown(key)} is not an sbatch option name (lower case, e.g. mail-type)")
             if key in _MANAGED:
                 instead = f"use {_MANAGED[key]} (--{_MANAGED[key].replace('_', '-')})" if _MANAGED[key] else \
                     "bcrdist sets it"
@@ -143,7 +148,7 @@ class JobResources:
             if isinstance(value, bool) and not value:
                 raise ConfigError(f"sbatch.{key}: false is not an sbatch value (leave the option out)")
             if not isinstance(value, (str, int)):
-                raise ConfigError(f"sbatch.{key}: expected a string, a number or true, got {value!r}")
+                raise ConfigError(f"sbatch.{key}: expected a string, a number or true, got {shown(value)}")
             if isinstance(value, str):
                 check_script_text(f"sbatch.{key}", value)
         for i, line in enumerate(self.setup):
@@ -156,9 +161,13 @@ class JobResources:
 
 def load_resources(path: str | Path | None = None, **options) -> JobResources:
     """The job's resources: the YAML file `path` (default `$BCRDIST_SLURM_CONFIG`, if set), then `options`
-    (those that are not None) on top; `setup` lines are appended and `sbatch` options merged."""
+    (those that are not None) on top; `setup` lines are appended and `sbatch` options merged. A missing file
+    is one line naming it and where it was given."""
+    source = "--slurm-config" if path else f"${SLURM_CONFIG_VAR}"
     path = path or os.environ.get(SLURM_CONFIG_VAR) or None
-    base = load_config(path, JobResources) if path else JobResources()
+    if path and not Path(path).is_file():
+        raise ConfigError(f"{path}: Slurm site config not found (given by {source})")
+    base = load_config(path, JobResources, packaged=False) if path else JobResources()
     given = {k: v for k, v in options.items() if v is not None}
     if "setup" in given:
         given["setup"] = list(base.setup) + list(given["setup"])

@@ -62,8 +62,41 @@ def model_state(model: nn.Module) -> dict:
 
 
 def atomic_save(obj: dict, path: str | Path) -> Path:
-    """torch.save `obj` to `path` atomically (`bcrdist.fileio.atomic_write`)."""
-    return atomic_write(path, lambda fh: torch.save(obj, fh))
+    """torch.save `obj` to `path` atomically (`bcrdist.fileio.atomic_write`). A failed write (disk full, file
+    too large) is the OSError of that write, one line naming `path`, whatever torch's writer made of it."""
+    return atomic_write(path, lambda fh: _torch_save(obj, fh))
+
+
+class _WriteRecorder:
+    """The file torch.save writes through, remembering the first OSError of a write."""
+
+    def __init__(self, fh):
+        self.fh, self.error = fh, None
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def _torch_save(obj: dict, fh) -> None:
+    """torch.save into `fh`, raising the OSError of a failed write. torch's zip writer does not pass that error
+    on: depending on where the write failed it stops with a RuntimeError of its own ("unexpected pos", "failed
+    writing file"), with the OSError somewhere in a page of chained tracebacks."""
+    out = _WriteRecorder(fh)
+    try:
+        torch.save(obj, out)
+    except Exception:
+        if out.error is not None:
+            raise out.error from None
+        raise
+    if out.error is not None:
+        raise out.error
 
 
 def remove_stale_temporaries(directory: str | Path) -> None:
@@ -93,9 +126,57 @@ def _load_failure(exc: Exception) -> str:
     return one_line(reason.group(1) if reason else f"{type(exc).__name__}: {text}")
 
 
+class WeightsMismatch(DataError):
+    """Weights that do not fit a model: another network, or the same one for other sizes (of the data)."""
+
+
+# what a training run's refusal of weights adds: where the shapes of its model come from
+RUN_MODEL = "this run's model is built from its config (model.*) and the sizes of its data (data.path)"
+
+
 def load_model_state(model: nn.Module, state: dict) -> None:
-    """Load a (possibly prefixed) state dict into the unwrapped `model`, strictly."""
-    unwrap(model).load_state_dict(strip_prefixes(state), strict=True)
+    """Load a (possibly prefixed) state dict into the unwrapped `model`, strictly. Weights of another network
+    or of other sizes are a WeightsMismatch, one line naming the first tensor that differs, with its shape in
+    `state` and in the model; the caller adds which file they came from."""
+    inner = unwrap(model)
+    state = strip_prefixes(state)
+    mismatch = weights_mismatch(inner.state_dict(), state)
+    if mismatch:
+        raise WeightsMismatch(f"the weights do not fit the model: {mismatch}")
+    inner.load_state_dict(state, strict=True)
+
+
+def weights_mismatch(own: dict, given: dict) -> str:
+    """How the tensors `given` differ from a model's own (`state_dict()`), in one line; '' when they fit."""
+    def shape(t) -> str:
+        return str(list(t.shape)) if hasattr(t, "shape") else type(t).__name__
+
+    reshaped = [k for k in own if k in given and shape(own[k]) != shape(given[k])]
+    missing = [k for k in own if k not in given]
+    unknown = [k for k in given if k not in own]
+    parts = []
+    if reshaped:
+        k = reshaped[0]
+        more = f" (and {len(reshaped) - 1} more tensors of other shapes)" if len(reshaped) > 1 else ""
+        parts.append(f"{k} is {shape(given[k])} in the checkpoint, {shape(own[k])} in the model{more}")
+    if missing:
+        parts.append(f"the checkpoint lacks {len(missing)} of the model's {len(own)} tensors ({missing[0]}, …)")
+    if unknown:
+        parts.append(f"it holds {len(unknown)} tensors the model does not have ({unknown[0]}, …)")
+    return "; ".join(parts)
+
+
+def load_weights(model: nn.Module, path: str | Path, what: str) -> None:
+    """Load the model weights of the checkpoint `path` (a model checkpoint or a training state) into `model`;
+    DataError naming `what` (the config key that named the file) and `path` when it holds none or they do not
+    fit."""
+    ck = load_checkpoint(path)
+    if not isinstance(ck, dict) or not isinstance(ck.get("model"), dict):
+        raise DataError(f"{what}: {path}: not a bcrdist checkpoint (no model weights)")
+    try:
+        load_model_state(model, ck["model"])
+    except WeightsMismatch as exc:
+        raise DataError(f"{what}: {path}: {exc}; {RUN_MODEL}") from None
 
 
 def save_model(path: str | Path, model: nn.Module, **meta) -> Path:
@@ -117,6 +198,8 @@ def model_from_checkpoint(ck, where) -> ScatteringModel:
         raise DataError(f"{where}: malformed model_config ({type(exc).__name__}: {one_line(exc)})") from None
     try:
         load_model_state(model, ck["model"])
+    except WeightsMismatch as exc:
+        raise DataError(f"{where}: {exc}; the model is the one its model_config describes") from None
     except (RuntimeError, AttributeError) as exc:
         raise DataError(f"{where}: the weights do not fit the model_config ({one_line(exc)})") from None
     return model
@@ -124,7 +207,8 @@ def model_from_checkpoint(ck, where) -> ScatteringModel:
 
 def load_model(checkpoint, device="cpu", with_meta: bool = False):
     """A `ScatteringModel` (the registered network `model_config` records) in eval mode with the weights and
-    normalisation stored in `checkpoint` (with `with_meta` also {"seed", "config"} of the run that wrote it).
+    normalisation stored in `checkpoint` (with `with_meta` also {"seed", "config", "provenance"} of the run
+    that wrote it).
     `checkpoint`: a checkpoint file, or a `bcrdist export` directory or its model.json / model.safetensors."""
     # the export module reads checkpoints itself, so it is imported here rather than at the top
     from bcrdist.models.export import is_export, load_exported
@@ -135,5 +219,6 @@ def load_model(checkpoint, device="cpu", with_meta: bool = False):
     model = model_from_checkpoint(ck, checkpoint)
     model.to(device).eval()
     if with_meta:
-        return model, {"seed": (ck.get("config") or {}).get("seed", 0), "config": ck.get("config")}
+        return model, {"seed": (ck.get("config") or {}).get("seed", 0), "config": ck.get("config"),
+                       "provenance": ck.get("provenance")}
     return model

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bcrdist.config import check_ranges, section, setting, to_dict
-from bcrdist.errors import ConfigError
+from bcrdist.errors import ConfigError, shown
 
 
 def _check_order(key: str, bounds: tuple) -> None:
@@ -200,11 +200,11 @@ class FamilyConfig:
             raise ConfigError("family.absorption: expected a non-empty list of loss tangents α ≥ 0 (default [0.0])")
         for name, weight in self.mixture.items():
             if name not in FAMILY_NAMES:
-                raise ConfigError(f"family.mixture: unknown family {name!r} (expected some of "
+                raise ConfigError(f"family.mixture: unknown family {shown(name)} (expected some of "
                                   f"{', '.join(FAMILY_NAMES)})")
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
                     or weight < 0:
-                raise ConfigError(f"family.mixture.{name}: weight must be a finite number ≥ 0, got {weight!r}")
+                raise ConfigError(f"family.mixture.{name}: weight must be a finite number ≥ 0, got {shown(weight)}")
         if self.name == "mixture" and not self.members():
             raise ConfigError("family.mixture: name `mixture` needs at least one family of positive weight, e.g. "
                               "{gaussian: 1, discs: 1}")

@@ -8,15 +8,17 @@ Batch sizes are *global* (summed over ranks).
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 
 from bcrdist.config import Range, check_ranges, section, setting
-from bcrdist.errors import ConfigError
+from bcrdist.errors import ConfigError, shown
 from bcrdist.models import network_class
 from bcrdist.models.bcnn import BCNNConfig
 from bcrdist.models.nio import NIOConfig
 from bcrdist.models.study_cnn import CNNBConfig, CNNConfig, StudyBCNNConfig
+from bcrdist.noise import MAX_LEVEL
 
 # np.random.seed (seeded with the run's seed, with torch and random) takes [0, 2**32 − 1]
 SEED_LIMIT = 2**32 - 1
@@ -45,8 +47,9 @@ class DataConfig:
                                     "the real part only (what the port fed BCR-Net), true = real and imaginary "
                                     "parts; the second part is concatenated along the detector axis (Nd doubles); "
                                     "null = false for `measure`, must be chosen for a complex input")
-    noise: float = setting(0.0, help="training-input noise level δ, percent (the original's `--noise`); also "
-                           "the validation and test noise unless `data.eval_noise` is set", low=0)
+    noise: float = setting(0.0, help="training-input noise level δ, percent (the original's `--noise`; at most "
+                           "1000: noise ten times the data); also the validation and test noise unless "
+                           "`data.eval_noise` is set", low=0, high=MAX_LEVEL)
     noise_model: Literal["fan", "complex", "additive"] = setting(
         "fan", help="training noise model (`bcrdist.noise`): `fan` X(1 + δε) on Re and Im parts separately (the "
         "original's), `complex` (1 + δZ)·F with Z complex standard normal, `additive` F + δ‖F‖/√n·Z; on the "
@@ -55,9 +58,9 @@ class DataConfig:
     noise_max: float | None = setting(None, help="training split only: each sample's noise level drawn uniformly "
                                       "from [data.noise, data.noise_max] with its noise (augmentation over levels, "
                                       "one network for a range of them); null = every sample at data.noise",
-                                      low=0)
+                                      low=0, high=MAX_LEVEL)
     eval_noise: float | None = setting(None, help="validation and test noise level, percent (one fixed draw per "
-                                       "sample); null = `data.noise`", low=0)
+                                       "sample); null = `data.noise`", low=0, high=MAX_LEVEL)
     eval_noise_model: Literal["fan", "complex", "additive"] | None = setting(
         None, help="validation and test noise model (as `data.noise_model`); null = `data.noise_model`")
     noise_per_epoch: bool = setting(False, help="a fresh training-noise draw every epoch (data augmentation); "
@@ -265,7 +268,7 @@ class LoggingConfig:
 @dataclass
 class TrainConfig:
     run_dir: str = setting("runs/bcrnet", help="run directory: `config.yaml`, `train.log`, `metrics.jsonl`, "
-                           "`results.json`, `checkpoints/`")
+                           "`results.json`, `checkpoints/`; its name holds no control character (tab included)")
     seed: int = setting(0, help="model initialisation, data order and noise (data order and noise depend only on "
                         "(seed, epoch, sample))", low=0, high=SEED_LIMIT)
     data: DataConfig = section(DataConfig, help="the data set, its splits and the input/target preprocessing")
@@ -284,3 +287,12 @@ class TrainConfig:
     results_table: str | None = setting("results.tsv", help="one tab-separated row per run appended here "
                                         "(relative paths: next to `run_dir`), like the original's "
                                         "`tr2dInvNoise.txt`; null for none")
+
+    def validate(self):
+        check_ranges(self)
+        # the run directory's name goes into train.log, the results table (tab-separated), batch scripts and
+        # shell commands: a control character, tab and newline included, would split or forge their lines
+        bad = next((ch for ch in self.run_dir if unicodedata.category(ch) == "Cc"), None)
+        if bad is not None:
+            raise ConfigError(f"run_dir: {shown(self.run_dir)} contains the control character {bad!r}; a run "
+                              f"directory's name may hold none")

@@ -30,6 +30,7 @@ import math
 from bcrdist.config import from_dict
 from bcrdist.data.grid import TARGET_DATASET, Layout, grid_from_manifest, layout_of
 from bcrdist.data.preprocess import Preprocess, noise_source
+from bcrdist.data.splits import load_split, original_split_counts, split_path
 from bcrdist.errors import ConfigError, DataError
 from bcrdist.metrics import REPORTED_FOR, SELECTION_DEFAULT, check_metrics_for_target
 from bcrdist.models.registry import NetworkIO, network_class
@@ -162,6 +163,9 @@ def resolve_data(cfg, manifest) -> DataChoice:
             imag = "measure_imag"
             if imag not in manifest.datasets:
                 raise DataError(f"{manifest.path}: data.use_imag is true but the data set has no 'measure_imag'")
+            if manifest.datasets[imag].dtype.kind == "c":
+                raise DataError(f"{manifest.path}: dataset 'measure_imag' holds complex numbers; it must hold the "
+                                f"imaginary part of `measure`, real numbers")
     measure_layout = base == "measure" and layout.periodic
     if d.antipodal and not measure_layout:
         grid = "a periodic" if layout.periodic else "an endpoint"
@@ -282,6 +286,29 @@ def schedule_plan(cfg, world_size: int) -> SchedulePlan:
     return SchedulePlan(stages=stages, tracker=tracker, fixed_weight=fixed, test_weight=s.test_weight)
 
 
+def check_training_split(cfg, manifest, stages) -> None:
+    """Every stage's global batch fits in the training split (batches are full ones: a split smaller than one
+    batch trains on nothing); ConfigError naming the batch key. With `schedule.max_steps` only the first
+    stage's: a smoke run may stop before the later ones. The split's size comes from `data.percent`, or from
+    its file (read and checked here, a small JSON file); a missing file is left to the training data, which
+    names it."""
+    d = cfg.data
+    if d.percent is not None:
+        n, name = original_split_counts(manifest.num_samples, d.percent)[0], f"(data.percent = {d.percent})"
+    elif d.train_split == "all":
+        n, name = manifest.num_samples, "(all samples)"
+    elif split_path(manifest, d.train_split).is_file():
+        n, name = len(load_split(manifest, d.train_split)), f"{d.train_split!r}"
+    else:
+        return
+    key = "schedule.initial_batch_size" if cfg.schedule.initial_weights else "schedule.batch_size"
+    for stage in stages[:1] if cfg.schedule.max_steps is not None else stages:
+        if stage.global_batch > n:
+            raise ConfigError(f"{key}: stage {stage.name} has global batch {stage.global_batch}, more than the {n} "
+                              f"samples of the training split {name}; batches are full ones, so it would train "
+                              f"on nothing")
+
+
 def make_plan(cfg, manifest, world_size: int) -> RunPlan:
     """The run plan of training config `cfg` on the data set of `manifest` with `world_size` ranks (see the
     module docstring); ConfigError or DataError, one line naming the key, for anything the run cannot do."""
@@ -289,6 +316,15 @@ def make_plan(cfg, manifest, world_size: int) -> RunPlan:
     return RunPlan(data=choice, readers=reader_specs(cfg, choice, manifest),
                    model=model_plan(cfg, choice, manifest), schedule=schedule_plan(cfg, world_size),
                    world_size=int(world_size))
+
+
+def make_training_plan(cfg, manifest, world_size: int) -> RunPlan:
+    """`make_plan` for a run that trains: its training split must also fill the stages' batches
+    (`check_training_split`), refused with the plan's other refusals, before the run directory is claimed. (A
+    plan alone also serves what trains nothing: a model for evaluation, tests.)"""
+    plan = make_plan(cfg, manifest, world_size)
+    check_training_split(cfg, manifest, plan.schedule.stages)
+    return plan
 
 
 def evaluation_spec(record: dict, noise: float, noise_model: str) -> Preprocess:

@@ -30,8 +30,8 @@ from torch import nn
 from bcrdist import __version__
 from bcrdist.distributed.collective import on_main
 from bcrdist.errors import BcrdistError, DataError
-from bcrdist.models.checkpoint import (MODEL_FORMAT, atomic_save, load_checkpoint, load_model_state,
-                                      model_state)
+from bcrdist.models.checkpoint import (MODEL_FORMAT, RUN_MODEL, WeightsMismatch, atomic_save, load_checkpoint,
+                                      load_model_state, model_state)
 from bcrdist.train.best_model import STATE_FIELDS as TRACKER_STATE_FIELDS
 from bcrdist.train.optim import make_optimizer, set_lr
 
@@ -233,5 +233,10 @@ class Checkpointer:
         if missing:
             raise DataError(f"{path}: no state for {', '.join(missing)} (written by bcrdist {ck.get('version')})")
         for name, part in self.states.items():
-            part.load_state_dict(ck[name])
+            try:
+                part.load_state_dict(ck[name])
+            except WeightsMismatch as exc:
+                # the model of this run is built from its config and data: another network, or data of
+                # other sizes (data.path may change on a resume) than the run was trained on
+                raise DataError(f"{path}: {exc}; {RUN_MODEL}") from None
         return ck

@@ -41,15 +41,16 @@ from bcrdist.data.format import read_manifest
 from bcrdist.distributed import DistContext, init_distributed, shutdown_distributed
 from bcrdist.distributed.collective import on_main
 from bcrdist.errors import BcrdistError, DataError, HangError
-from bcrdist.fileio import atomic_write_bytes, atomic_write_json, json_safe
+from bcrdist.fileio import atomic_write_bytes, atomic_write_json, json_safe, open_nofollow
 from bcrdist.metrics import PIXEL_MAX, summarize
-from bcrdist.models.checkpoint import load_checkpoint, load_model_state, remove_stale_temporaries, save_model
+from bcrdist.models.checkpoint import load_weights, remove_stale_temporaries, save_model
 from bcrdist.train.best_model import BestModelTracker
 from bcrdist.train.config import TrainConfig
 from bcrdist.train.evaluation import NonFiniteSamples, check_finite, evaluate_model, gather, sample_list
 from bcrdist.train.hang import hang_message
 from bcrdist.train.model_setup import build_model
-from bcrdist.train.plan import RunPlan, make_plan
+from bcrdist.train.plan import RunPlan, make_training_plan
+from bcrdist.train.physics_check import data_grid
 from bcrdist.train.provenance import run_provenance
 from bcrdist.train.preemption import PreemptionFlag, exit_code, requeue_slurm_job
 from bcrdist.train.run_log import RunLogger
@@ -105,7 +106,8 @@ class Trainer:
         seed_everything(cfg.seed)
 
         self.data = TrainingData(cfg, ctx, plan)
-        self.provenance = run_provenance(cfg, self.data.manifest.dataset_id)
+        grid = data_grid(self.data.manifest)
+        self.provenance = run_provenance(cfg, self.data.manifest.dataset_id, grid and grid.to_record())
         self.model = build_model(plan.model, self.data, ctx)
         self.model.to(ctx.device)
         ctx.broadcast_module(self.model)
@@ -138,7 +140,7 @@ class Trainer:
             from bcrdist.models.keras import load_keras_weights
             load_keras_weights(self.model.net, path)
         else:
-            load_model_state(self.model, load_checkpoint(path)["model"])
+            load_weights(self.model, path, "schedule.initial_weights")
         self.model.to(self.ctx.device)
 
     def save(self, name: str) -> None:
@@ -289,6 +291,10 @@ class Trainer:
         self.log.info(f"non-finite loss in {stage.name} {where}: rolled back to the best "
                       f"weights, lr → {p.lr:.3g} ({p.nan_failures}/{limit})")
 
+    def close(self) -> None:
+        """Drop the DDP wrapper: it holds the process group, which `shutdown_distributed` then ends (its threads)."""
+        self.ddp = self.forward = self.model
+
     def run(self, notes: tuple[str, ...] | list[str] = ()) -> dict:
         """Train (resuming per `checkpoint.resume`) and return the results, or, when a signal stopped the run,
         {"status": "preempted" | "interrupted", "signal", "requeued", "step", "message" (rank 0)}. `notes`:
@@ -300,6 +306,9 @@ class Trainer:
             self.resume(last)
         elif resume not in (None, "auto"):
             self.resume(Path(resume))
+        # every split's shards before the first step (a bad test shard would otherwise show after the training);
+        # rank 0 checks, each shard hashed once in its process, and every rank stops with its one-line error
+        on_main(ctx, self.data.check_splits)
         path = self.run_dir / "config.yaml"
         # the config the run started with (a run resumed from elsewhere starts here with this one)
         if ctx.broadcast_object(not path.is_file()):
@@ -388,9 +397,9 @@ class Trainer:
                     if max_steps is not None and p.step >= max_steps:
                         break
                     t_wait = time.time()
-                else:
-                    if not at_limit:
-                        p.epoch += 1
+                # over once its last batch is consumed (max_steps may stop on it): a resume must not log it again
+                if self.data.position.consumed(epoch) >= self.data.train_steps(per_rank):
+                    p.epoch += 1
                 bar.close()
                 elapsed = time.time() - t0
                 errors = self.evaluate(stage.phase, f"after epoch {epoch + 1} ({stage.name}, step {p.step})")
@@ -412,17 +421,21 @@ class Trainer:
                     "samples_per_s": n_samples / max(elapsed, 1e-9), "data_wait_share": wait / max(elapsed, 1e-9),
                     "wall_time": time.time(),
                 })
-                if max_steps is not None and p.step >= max_steps:
-                    self.stop_reason = f"reached schedule.max_steps = {max_steps}"
-                    self.save("last")
-                    return "max_steps"
                 if decision.stop:
                     self.log.info(f"stage {stage.name}: early stop after epoch {epoch + 1}: {decision.reason}")
                     stop_stage = True
+                elif max_steps is not None and p.step >= max_steps:
+                    self.stop_reason = f"reached schedule.max_steps = {max_steps}"
+                    self.save("last")
+                    return "max_steps"
             # Keras semantics: the next stage starts at this stage's planned end, from the best weights
             self.best.restore()
             p.stage, p.epoch, p.stage_started = p.stage + 1, stage.end_epoch, False
             self.save("last")
+            # an early stop at the limit ends its stage first, so the resumed run does not train that stage on
+            if max_steps is not None and p.step >= max_steps:
+                self.stop_reason = f"reached schedule.max_steps = {max_steps}"
+                return "max_steps"
         self.stop_reason = self.stop_reason or "schedule complete"
         return "complete"
 
@@ -513,7 +526,7 @@ class Trainer:
                   "test_error_std", "model_type", "noise_model", "eval_noise", "eval_noise_model"]
         text = ("" if path.exists() else "\t".join(header) + "\n") + "\t".join(str(v) for v in row) + "\n"
         data = memoryview(text.encode())
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        fd = open_nofollow(path, "append")
         try:
             size = os.fstat(fd).st_size
             try:
@@ -525,7 +538,6 @@ class Trainer:
                 raise
         finally:
             os.close(fd)
-
 
 
 METRIC_NAMES = {"weighted": "radius-weighted relative error", "rel_l2": "relative L2 error",
@@ -561,7 +573,7 @@ def train(cfg: TrainConfig, restart: bool = False) -> dict:
                            nccl_trace_dir=Path(cfg.run_dir) / "nccl_trace")
     held = trainer = None
     try:
-        plan = on_main(ctx, lambda: make_plan(cfg, read_manifest(cfg.data.path), ctx.world_size))
+        plan = on_main(ctx, lambda: make_training_plan(cfg, read_manifest(cfg.data.path), ctx.world_size))
         held = claim(cfg, ctx, restart)
         if ctx.nccl_trace_dir is not None:      # --restart moved RUN, with the folder made at start-up, aside
             ctx.nccl_trace_dir.mkdir(parents=True, exist_ok=True)
@@ -579,6 +591,8 @@ def train(cfg: TrainConfig, restart: bool = False) -> dict:
             raise
         raise HangError(hang_message(cfg, ctx, silence, trainer.progress.step if trainer else 0)) from exc
     finally:
+        if trainer is not None:
+            trainer.close()
         if held is not None:
             held.release()
         shutdown_distributed()

@@ -106,6 +106,18 @@ class TrainingData:
         self.target_scale = Preprocessor(self.train_spec, self.manifest).target_scale
         self.position = ReaderPosition()
 
+    def check_splits(self) -> None:
+        """Check the shards of every split the run reads (training, validation, test) as their readers will
+        (`ShardedDataset.check`); the trainer calls it before the first step, so that a truncated or corrupt
+        shard, or a NaN in the test split, stops the run with the reader's one-line error, not after the whole
+        training. Each shard is hashed once (the process's readers share the result); its samples are scanned
+        for NaN/inf only where the data set's statistics do not already count none."""
+        for role in ("train", "val", "test"):
+            if role in self.splits:
+                spec = self.specs["train" if role == "train" else "eval"]
+                ShardedDataset(self.cfg.data.path, split=self.splits[role], shuffle=False, exact=True,
+                               batch_size=1, preprocess=spec, split_name=self.split_names[role]).check()
+
     def _resolve_splits(self) -> dict[str, np.ndarray]:
         d = self.cfg.data
         if d.percent is not None:
