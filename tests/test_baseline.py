@@ -36,6 +36,14 @@ def test_cli_reports_metrics_and_lambda(tmp_path, capsys):
     assert np.isfinite(doc["lambda"]) and doc["lambda"] > 0
     assert doc["operator"] == {"k": pytest.approx(K), "Na": NA, "Nr": NR, "polar_radius": RADIUS}
     assert "Born baseline" in capsys.readouterr().out
+    # issue 21: without --out the summary line alone; the JSON document on stdout with --json
+    assert main(["baseline", "--data", str(data), "--noise", "1"]) == 0
+    io = capsys.readouterr()
+    assert len(io.out.strip().splitlines()) == 1 and "Born baseline" in io.out and not io.err, io
+    assert main(["baseline", "--data", str(data), "--noise", "1", "--json"]) == 0
+    io = capsys.readouterr()
+    printed = json.loads(io.out)
+    assert printed["metrics"] == doc["metrics"] and printed["lambda"] == doc["lambda"] and "Born baseline" in io.err
 
 
 def test_cli_one_line_error_without_farfield(tmp_path, capsys):

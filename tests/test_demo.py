@@ -15,6 +15,9 @@ def test_demo_pipeline_end_to_end(tmp_path):
                 "--set", "schedule.finetune_stages=[[2, 0.5]]", "--set", "data.n_valid=32",
                 "--data-set", "samples=192", "--data-set", "samples_per_shard=64", "--val", "32", timeout=600)
     assert "Demo finished" in r.stdout and "Born baseline" in r.stdout
+    # issue 21: each step numbered once (the splits step came out as a second "2/5")
+    titles = [line[3:].split(" ", 1)[0] for line in r.stdout.splitlines() if line.startswith("== ")]
+    assert titles == [f"{i}/6" for i in range(1, 7)], r.stdout
     for path in (data / "manifest.json", data / "splits" / "test.json", run / "results.json",
                  run / "checkpoints" / "best.pt", run / "eval-test" / "metrics.json",
                  run / "eval-test" / "samples.png", run / "eval-test" / "error_histogram.png",

@@ -97,3 +97,16 @@ def test_generate_reports_solves_and_refuses_a_sample_that_does_not_converge(tmp
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("bcrdist generate: error: sample 0: GMRES did not converge"), err
     assert not list(out.glob("shard-*.h5")) and not (out / "manifest.json").exists()
+
+
+def test_the_summary_says_what_this_call_computed(tmp_path, capsys):
+    # issue 21: a fresh data set was reported as "N computed now, the rest already complete"
+    cfg_path = write_config(tmp_path / "tiny.yaml", TINY)
+    out = tmp_path / "ds"
+    assert cli_main(["generate", "--config", str(cfg_path), "--out", str(out)]) == 0
+    assert "(all computed now;" in capsys.readouterr().err
+    assert cli_main(["generate", "--config", str(cfg_path), "--out", str(out)]) == 0
+    assert "(all already complete, none computed now;" in capsys.readouterr().err
+    (out / json.loads((out / "manifest.json").read_text())["shards"][0]["file"]).unlink()
+    assert cli_main(["generate", "--config", str(cfg_path), "--out", str(out)]) == 0
+    assert "(2 computed now, the rest already complete;" in capsys.readouterr().err

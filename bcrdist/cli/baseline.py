@@ -1,9 +1,11 @@
 """`bcrdist baseline --data DIR [--split test] [--val-split val] [--noise PERCENT --noise-model M] [--method
-{tikhonov,lsqr}] [--damp D] [--out FILE.json]`: the Born inversion baseline (`bcrdist.train.baseline`) on a
+{tikhonov,lsqr}] [--damp D] [--out FILE.json] [--json]`: the Born inversion baseline (`bcrdist.train.baseline`) on a
 split: Tikhonov-regularised (default), λ chosen on validation under the same noise, for Fan's polar layout and
 the far-field/image layout; or the study's damped least squares (`--method lsqr --damp D`, far-field/image
 layout; `--norm`, `--lambda`, `--grid` are Tikhonov's and refused with it, `--calibrate` applies to both)
-(`--k --box [--angles --image-points --image-index --sign]` for a converted file that records no grid)."""
+(`--k --box [--angles --image-points --image-index --sign]` for a converted file that records no grid).
+It prints a one-line summary; the full result (per-split metrics, λ, grid, fit diagnostics) is JSON, written
+with `--out` or printed with `--json`."""
 
 from __future__ import annotations
 
@@ -66,7 +68,10 @@ def add_baseline_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--calibrate", action="store_true",
                    help="divide the far fields by the complex factor that best fits them to the Born far field of "
                         "the validation images (data normalised otherwise than γk²)")
-    p.add_argument("--out", default=None, metavar="FILE.json", help="write the result here (default: stdout)")
+    p.add_argument("--out", default=None, metavar="FILE.json",
+                   help="write the result (metrics, λ, grid, fit diagnostics) as JSON to this file")
+    p.add_argument("--json", action="store_true",
+                   help="print the result as JSON on stdout instead of the one-line summary")
 
 
 def run_baseline(args: argparse.Namespace) -> int:
@@ -89,8 +94,11 @@ def run_baseline(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         atomic_write_bytes(out, (text + "\n").encode())
-        print(f"{summary}; written to {out}")
-    else:
+        summary = f"{summary}; written to {out}"
+    if args.json:
+        # stdout holds the JSON document alone, for a pipe; the summary goes to stderr
         print(summary, file=sys.stderr)
         print(text)
+    else:
+        print(summary)
     return 0

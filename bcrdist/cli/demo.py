@@ -2,7 +2,8 @@
 
 1. generate the data set (`bcrdist generate`, under `mpiexec -n NPROC` when mpi4py and mpiexec are installed;
    resumes if present),
-2. statistics and splits (`bcrdist stats`, `bcrdist split`),
+2. statistics and, when the data set has none yet, splits (`bcrdist stats`, `bcrdist split`; the steps are
+   numbered as they run, 1/6 … 6/6 with the splits step, 1/5 … 5/5 without),
 3. train with NPROC processes (torchrun, as `python -m torch.distributed.run --standalone --nproc-per-node NPROC
    -m bcrdist train ... --resume auto`, so the same interpreter runs every step),
 4. evaluate on the test split with plots (`bcrdist evaluate`),
@@ -74,26 +75,34 @@ def run_demo(args: argparse.Namespace) -> int:
     bindir = Path(sys.executable).parent
     mpiexec = shutil.which("mpiexec", path=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
     t0 = time.time()
+    # the splits step runs only when the data set has none yet: the steps are numbered as they run
+    write_splits = not (data / "splits" / "train.json").is_file()
+    total = 6 if write_splits else 5
+    numbers = iter(range(1, total + 1))
+
+    def numbered(title: str) -> str:
+        return f"{next(numbers)}/{total} {title}"
 
     gen = py + ["generate", "--config", str(data_config), "--out", str(data)]
     gen += [a for kv in args.data_overrides for a in ("--set", kv)]
     if args.nproc > 1 and mpiexec and importlib.util.find_spec("mpi4py") is not None:
         gen = [mpiexec, "-n", str(args.nproc)] + gen
-    step("1/5 generate the data set", gen)
-    step("2/5 statistics", py + ["stats", str(data)])
-    if not (data / "splits" / "train.json").is_file():
-        step("2/5 splits", py + ["split", str(data), "--percent", "0.8", "--val", str(args.val)])
+    step(numbered("generate the data set"), gen)
+    step(numbered("statistics"), py + ["stats", str(data)])
+    if write_splits:
+        step(numbered("splits"), py + ["split", str(data), "--percent", "0.8", "--val", str(args.val)])
 
     train = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
              "-m", "bcrdist", "train", "--config", str(config), "--resume", "auto"]
     train += [a for kv in overrides for a in ("--set", kv)]
-    step(f"3/5 train BCR-Net with {args.nproc} processes", train)
+    step(numbered(f"train BCR-Net with {args.nproc} processes"), train)
 
     eval_dir = run_dir / "eval-test"
-    step("4/5 evaluate on the test split", py + ["evaluate", "--checkpoint", str(run_dir / "checkpoints" / "best.pt"),
-                                                  "--data", str(data), "--split", "test", "--out", str(eval_dir)])
+    step(numbered("evaluate on the test split"),
+         py + ["evaluate", "--checkpoint", str(run_dir / "checkpoints" / "best.pt"), "--data", str(data),
+               "--split", "test", "--out", str(eval_dir)])
     baseline_json = run_dir / "born_baseline.json"
-    step("5/5 Born-inversion baseline on the test split",
+    step(numbered("Born-inversion baseline on the test split"),
          py + ["baseline", "--data", str(data), "--split", "test", "--out", str(baseline_json)])
 
     bcr = json.loads((eval_dir / "metrics.json").read_text())["metrics"]["weighted"]["mean"]

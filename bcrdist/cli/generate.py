@@ -20,6 +20,15 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
+def computed_text(written: int, samples: int) -> str:
+    """What this call computed of a data set of `samples` samples, of which `written` were missing."""
+    if written >= samples:
+        return "all computed now"
+    if written == 0:
+        return "all already complete, none computed now"
+    return f"{written} computed now, the rest already complete"
+
+
 def run_generate(args: argparse.Namespace) -> int:
     from bcrdist.data.generate import generate
     from bcrdist.distributed.mpi import world
@@ -33,8 +42,9 @@ def run_generate(args: argparse.Namespace) -> int:
     if not args.quiet and world().rank == 0:
         rate = summary["seconds"] / max(1, summary["written"])
         print(f"bcrdist generate: {summary['samples']} samples in {summary['shards']} shards at {args.out} "
-              f"({summary['written']} computed now, the rest already complete; {summary['seconds']:.1f} s on "
-              f"{summary['ranks']} rank(s), {rate:.3f} s per computed sample; GMRES at most {summary['max_iterations']} iterations, largest "
-              f"relative residual {summary['max_residual']:.1e})", file=sys.stderr)
+              f"({computed_text(summary['written'], summary['samples'])}; {summary['seconds']:.1f} s on "
+              f"{summary['ranks']} rank(s), {rate:.3f} s per computed sample; GMRES at most "
+              f"{summary['max_iterations']} iterations, largest relative residual {summary['max_residual']:.1e})",
+              file=sys.stderr)
     return 0
 

@@ -1,7 +1,9 @@
 """`bcrdist train --config CFG.yaml [--set key=value ...] [--resume auto | --restart]`, also accepting the
 original script's flags (mapped onto config keys; see `ORIGINAL_FLAGS` and the README).
 
-Runs one rank: launch several with torchrun, srun or mpiexec (the launcher is detected).
+Runs one rank: launch several with torchrun, srun or mpiexec (the launcher is detected), or with `--nproc N`
+on this machine, which starts torchrun's agent itself and keeps the exit statuses below (a plain torchrun
+ends every signal or failure in its own traceback and status 1; `bcrdist.launch.torchrun`).
 
 A run directory holds one run (`bcrdist.train.run_dir`): training into one that holds a run needs
 `--resume auto` (continue it; a finished run is reported complete and left as it is) or `--restart` (rename
@@ -47,6 +49,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restart", action="store_true",
                    help="run_dir holds a run: rename it to RUN.old-YYYYmmdd-HHMMSS (nothing is deleted) and start "
                         "over in an empty run_dir")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train with N processes on this machine: starts torchrun's agent itself, forwards Ctrl-C "
+                        "and SIGTERM to it, and exits with the workers' status (130, 143 after a signal; see "
+                        "bcrdist.launch.torchrun)")
     p.add_argument("--print", dest="print_key", metavar="KEY|all",
                    help="validate the config, print the resolved value of KEY (a key such as schedule.epochs, a "
                         "section such as schedule as YAML, or 'all' for the whole config) and exit without training")
@@ -102,6 +108,16 @@ def original_flag_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def worker_args(args: argparse.Namespace) -> list[str]:
+    """The `bcrdist train` arguments every rank of `--nproc` gets: the config, every override (the original
+    flags as theirs), --resume, --restart."""
+    out = ["--config", args.config] if args.config else []
+    for override in original_flag_overrides(args) + list(args.overrides):
+        out += ["--set", override]
+    out += ["--resume", args.resume] if args.resume else []
+    return out + (["--restart"] if args.restart else [])
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     overrides = original_flag_overrides(args) + list(args.overrides)
     if args.resume:
@@ -119,6 +135,20 @@ def exit_status(result: dict) -> int:
     return 1 if status == "failed" else 0
 
 
+def run_nproc(args: argparse.Namespace) -> int:
+    """`--nproc N`: this process starts torchrun's agent for N ranks (the config was validated here already)."""
+    from bcrdist.distributed.launch_env import detect_environment
+    from bcrdist.launch.torchrun import run_torchrun
+
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc: must be ≥ 1, got {args.nproc}")
+    launcher = detect_environment().method
+    if launcher != "single":
+        raise ConfigError(f"--nproc starts its own torchrun, but this process is already a rank ({launcher}): "
+                          f"leave out --nproc, or the launcher")
+    return run_torchrun(args.nproc, worker_args(args))
+
+
 def run_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.print_key:
@@ -132,6 +162,8 @@ def run_train(args: argparse.Namespace) -> int:
                 value = value[part]
         print(yaml.safe_dump(value, sort_keys=False).strip() if isinstance(value, (dict, list)) else value)
         return 0
+    if args.nproc is not None:
+        return run_nproc(args)
     from bcrdist.fileio import one_line
     from bcrdist.train.trainer import train
 

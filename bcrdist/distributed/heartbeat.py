@@ -88,10 +88,14 @@ class Heartbeat:
         self._wake.set()
 
     def stop(self) -> None:
-        """End the thread (waits at most STOP_WAIT_S: a thread stuck on a silent store is left behind)."""
+        """End the thread (waits at most STOP_WAIT_S: a thread stuck on a silent store is left behind) and,
+        once it has ended, the store connections: the store's server too where this process hosts it (rank 0
+        outside torchrun), so that none of its threads is left to the interpreter's exit."""
         self._stopped = True
         self._wake.set()
         self._thread.join(STOP_WAIT_S)
+        if not self._thread.is_alive():
+            self._client = self._store = None
 
     def _run(self) -> None:
         while True:
@@ -116,6 +120,8 @@ class Heartbeat:
         """The ranks that stopped answering, or None: every other rank's heartbeat is fresh, or the store
         refused (the process hosting it ended). Call it after a collective failed; it returns within
         READ_WAIT_S."""
+        if self._store is None:
+            return None         # stopped: the run is over
         stale = STALE_INTERVALS * self.interval
         unanswered = time.monotonic() - self._last_answer
         if self.rank != 0 and unanswered > stale:

@@ -14,12 +14,18 @@ start-up longer than a training step). The rendezvous store is made here, so tha
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+# imported before any process group exists: its functions take the default group as a default argument
+# (`group=group.WORLD`, evaluated at import), so importing it later (DDP's constructor does, through
+# torch._dynamo) keeps the group, its gloo threads and its pending work alive after `shutdown_distributed`,
+# into the interpreter's exit (where a gloo thread freeing a tensor needs the GIL: std::terminate, exit 134)
+import torch.distributed.nn  # noqa: F401
 
 from bcrdist.distributed.heartbeat import Heartbeat, Silence
 from bcrdist.distributed.launch_env import LaunchEnv, LaunchError, cuda_device_index, detect_environment
@@ -163,10 +169,15 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0,
 def shutdown_distributed() -> None:
     """End the heartbeat and destroy the process group; must run before MPI finalises (mpi4py finalises at
     exit). It returns promptly also after a peer stopped answering: gloo's destroy waits for no peer, and a
-    heartbeat stuck on a silent store is left to the interpreter's exit (a daemon thread)."""
+    heartbeat stuck on a silent store is left to the interpreter's exit (a daemon thread).
+
+    The group's threads end here, not at the interpreter's exit, only when nothing else holds the group: the
+    caller drops what does (a DDP wrapper: `Trainer.close`) before calling this."""
     global _heartbeat
     if _heartbeat is not None:
         _heartbeat.stop()
         _heartbeat = None
     if dist.is_available() and dist.is_initialized():
+        # a DDP wrapper its owner dropped can still sit in a reference cycle, holding the group: collected now
+        gc.collect()
         dist.destroy_process_group()
