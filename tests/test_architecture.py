@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bcrdist"
-GROUND = {"errors", "config", "config_reference", "fileio", "transforms", "noise", "metrics", "progress"}
+GROUND = {"errors", "config", "config_reference", "fileio", "transforms", "noise", "metrics", "paired",
+          "progress"}
 # the package itself (`bcrdist.load_model`, `__version__`) and `python -m bcrdist` sit on top of everything;
 # importing `__version__` from it is importing ground
 TOP = {"bcrdist", "bcrdist.__main__"}

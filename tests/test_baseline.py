@@ -1,7 +1,7 @@
 """The `bcrdist baseline` command (`bcrdist.cli.baseline`, `bcrdist.train.baseline`): metrics and λ of the Born
-inversion on a split of generated data, a one-line error for data without far fields; on the far-field/image
-layout end to end: generated data, the same data converted from the port's column file in the conjugate sign
-convention (detected), and options that contradict the data."""
+inversion on a split of generated data with every sample's errors by global index, a one-line error for data
+without far fields; on the far-field/image layout end to end: generated data, the same data converted from the
+port's column file in the conjugate sign convention (detected), and options that contradict the data."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 
 from bcrdist.cli import main
 from bcrdist.data.convert import shard_file
-from bcrdist.data.format import update_manifest
+from bcrdist.data.format import read_manifest, update_manifest
 from bcrdist.data.generate import generate
-from bcrdist.data.splits import write_splits
+from bcrdist.data.splits import load_split, write_splits
 from bcrdist.physics.layout import GridInfo, columns_from_samples
 from generation_helpers import NA, NR, RADIUS, K, demo_gaussian_config, read_dataset
 from train_helpers import make_dataset
@@ -44,6 +44,22 @@ def test_cli_reports_metrics_and_lambda(tmp_path, capsys):
     io = capsys.readouterr()
     printed = json.loads(io.out)
     assert printed["metrics"] == doc["metrics"] and printed["lambda"] == doc["lambda"] and "Born baseline" in io.err
+    # every sample's errors, by the split's global indices; the same noisy command gives the same numbers
+    assert_samples_are_the_metrics(doc, data)
+    assert printed["samples"] == doc["samples"]
+
+
+def assert_samples_are_the_metrics(doc: dict, data) -> None:
+    """The result's "samples" hold the test split's indices in order and each metric's per-sample values, whose
+    mean (and max, or min for PSNR) are the reported ones."""
+    samples = doc["samples"]
+    assert samples["index"] == load_split(read_manifest(data), "test").tolist()
+    assert list(samples) == ["index", *doc["metrics"]]
+    for name, summary in doc["metrics"].items():
+        assert len(samples[name]) == summary["count"]
+        assert np.mean(samples[name]) == pytest.approx(summary["mean"], rel=1e-12)
+        worst = min(samples[name]) if name == "psnr" else max(samples[name])
+        assert worst == pytest.approx(summary["min" if name == "psnr" else "max"], rel=1e-12)
 
 
 def test_cli_one_line_error_without_farfield(tmp_path, capsys):
@@ -82,6 +98,7 @@ def test_far_field_image_data_end_to_end(farfield_data, tmp_path, capsys):
     assert doc["grid"]["farfield_sign"] == -1 and doc["sign_source"] == "recorded"
     assert doc["born_fit"]["-1"]["score"] > 0.999 > doc["born_fit"]["1"]["score"]
     assert "val_rel_l2" in doc and "val_weighted" not in doc
+    assert_samples_are_the_metrics(doc, farfield_data)
 
     # the same data as the port stores them: columns of (M, N) datasets, far field in the conjugate convention
     arrays = read_dataset(farfield_data)

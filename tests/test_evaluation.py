@@ -1,7 +1,8 @@
 """The one evaluation loop (`bcrdist.train.evaluation.evaluate_model`), checked against NumPy, and its
 refusal of non-finite errors (naming the samples, data or model at fault); `bcrdist evaluate` writes every
 sample (or the first --max-saved, saying so) in the same order for any number of ranks, and its histogram
-counts every sample (its mean is the printed one)."""
+counts every sample (its mean is the printed one); metrics.json holds every sample's errors of every metric by
+global index, reproducibly under noise."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import torch
 from torch import nn
 
 from bcrdist.cli.main import main
+from bcrdist.data.format import read_manifest
+from bcrdist.data.splits import load_split, write_splits
 from bcrdist.distributed.launch_env import LaunchEnv
 from bcrdist.distributed.process_group import DistContext
 from bcrdist.errors import DataError
@@ -122,7 +125,7 @@ def kept_parts(batches, limit, world: int) -> list:
         keep = KeptSamples("rel_l2", limit)
         for i, (x, y, index) in enumerate(batches):
             if i % world == rank:
-                keep(x, y, 2 * y, {"rel_l2": index.float() / 10}, index)
+                keep(x, y, 2 * y, {"rel_l2": index.float() / 10, "psnr": -index.float()}, index)
         parts.append(keep.local())
     return parts
 
@@ -133,13 +136,15 @@ def test_the_saved_samples_and_the_histogram_do_not_depend_on_the_number_of_rank
     batches = [(torch.from_numpy(rng.standard_normal((3, 4, 3))).float(),
                 torch.from_numpy(rng.standard_normal((3, 4, 2))).float(), torch.arange(3) + 3 * i) for i in range(5)]
     one = merged(kept_parts(batches, limit, 1), limit)
-    for world in (2, 3):
-        kept, errors = merged(kept_parts(batches, limit, world), limit)
+    for world in (2, 3, 6):                                                   # 6: a rank without samples
+        kept, every = merged(kept_parts(batches, limit, world), limit)
         assert kept.keys() == one[0].keys() and all(np.array_equal(kept[k], one[0][k]) for k in kept)
-        np.testing.assert_array_equal(errors, one[1])
-    kept, errors = one
+        assert every.keys() == one[1].keys() and all(np.array_equal(every[k], one[1][k]) for k in every)
+    kept, every = one
     assert kept["index"].tolist() == list(range(15 if limit is None else limit))
-    np.testing.assert_allclose(errors, np.arange(15) / 10, rtol=1e-6)        # every sample, in index order
+    assert every["index"].tolist() == list(range(15))                        # every sample, in index order
+    np.testing.assert_allclose(every["rel_l2"], np.arange(15) / 10, rtol=1e-6)
+    np.testing.assert_array_equal(every["psnr"], -np.arange(15))              # every metric's errors
     np.testing.assert_array_equal(kept["pred"], 2 * kept["target"])
 
 
@@ -177,3 +182,26 @@ def test_evaluate_saves_every_sample_and_the_histogram_mean_is_the_printed_mean(
         count, legend, label, title = histograms.pop()
         assert count == 130 and legend == f"mean {mean} (130 samples)" and label == "radius-weighted relative error"
         assert title == f"run/checkpoints/best.pt on split 'all' of {tmp_path.name}/data, no noise"
+
+
+def test_metrics_json_holds_every_sample_s_errors_by_index_reproducibly(tmp_path):
+    """metrics.json's "samples": the split's global indices in order, every reported metric's per-sample values
+    (PSNR in dB) whose means are the reported means, the same numbers for the same noisy command."""
+    data = write_dataset(tmp_path / "data", "measure", n=40)
+    write_splits(data, 0.5, random=True, seed=4, overwrite=True)        # a test split that is not a range
+    ckpt = save_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt", model_of("bcrnet-measure"), data)
+    docs = []
+    for name in ("a", "b"):
+        assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(tmp_path / name),
+                     "--noise", "5", "--seed", "3", "--batch-size", "7", "--plots", "0"]) == 0
+        docs.append(json.loads((tmp_path / name / "metrics.json").read_text()))
+    doc = docs[0]
+    samples, metrics = doc["samples"], doc["metrics"]
+    assert samples["index"] == load_split(read_manifest(data), "test").tolist() != list(range(20, 40))
+    assert list(samples) == ["index", *metrics] == ["index", "weighted", "rel_l2", "rel_l1", "psnr"]
+    for name, summary in metrics.items():
+        assert len(samples[name]) == summary["count"] == 20
+        assert np.mean(samples[name]) == pytest.approx(summary["mean"], rel=1e-12)
+    assert max(samples["weighted"]) == pytest.approx(metrics["weighted"]["max"], rel=1e-12)
+    assert min(samples["psnr"]) == pytest.approx(metrics["psnr"]["min"], rel=1e-12)
+    assert docs[1]["samples"] == samples

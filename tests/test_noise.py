@@ -25,6 +25,7 @@ from bcrdist.data.splits import write_splits
 from bcrdist.data.stats import store_statistics
 from bcrdist.errors import ConfigError
 from bcrdist.models.checkpoint import save_model
+from bcrdist.paired import compare
 from bcrdist.physics.born import CartesianBornInversion, noisy_far_field
 from bcrdist.metrics import relative_l2
 from bcrdist.train.config import DataConfig, TrainConfig
@@ -319,8 +320,13 @@ def test_evaluate_and_baseline_see_the_same_noisy_far_field(farfield_run, tmp_pa
     grid = read_manifest(data).grid
     images = np.concatenate([b["image"].numpy() for b in src])[index]
     pred = CartesianBornInversion(grid).predict(noisy, doc["lambda"])
-    expected = relative_l2(torch.from_numpy(pred), torch.from_numpy(images.astype(np.float64))).mean().item()
+    per_sample = relative_l2(torch.from_numpy(pred), torch.from_numpy(images.astype(np.float64))).numpy()
+    expected = per_sample.mean().item()
     assert doc["metrics"]["rel_l2"]["mean"] == pytest.approx(expected, rel=1e-9)
+    # each sample's error, by its global index: the two methods' errors pair on the same 40 samples
+    assert doc["samples"]["index"] == index.tolist() == metrics["samples"]["index"]
+    np.testing.assert_allclose(doc["samples"]["rel_l2"], per_sample, rtol=1e-9)
+    assert compare(metrics["samples"], doc["samples"], "rel_l2").n == 40
     clean = CartesianBornInversion(grid).predict(F, doc["lambda"])
     assert expected != pytest.approx(relative_l2(torch.from_numpy(clean), torch.from_numpy(
         images.astype(np.float64))).mean().item(), rel=1e-6)

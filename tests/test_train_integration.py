@@ -206,6 +206,11 @@ def test_evaluation_under_torchrun_is_exact(data, tmp_path):
     with h5py.File(tmp_path / "one/predictions.h5") as f1, h5py.File(tmp_path / "two/predictions.h5") as f2:
         assert f1["index"][()].tolist() == f2["index"][()].tolist() and len(f1["index"]) == 60
         np.testing.assert_allclose(f1["pred_eta"][()], f2["pred_eta"][()], rtol=1e-5, atol=1e-6)
+    # every sample's errors in metrics.json: complete and in index order whatever the number of ranks
+    s1, s2 = (json.loads((tmp_path / f"{n}/metrics.json").read_text())["samples"] for n in ("one", "two"))
+    assert s1["index"] == s2["index"] == sorted(s1["index"]) and len(s1["index"]) == 60
+    for name in ("weighted", "rel_l2", "rel_l1", "psnr"):
+        np.testing.assert_allclose(s1[name], s2[name], rtol=1e-5, atol=1e-6)
 
 
 def test_initial_weights_branch_and_keras_compat(data, tmp_path):

@@ -4,18 +4,17 @@ split: Tikhonov-regularised (default), λ chosen on validation under the same no
 the far-field/image layout; or the study's damped least squares (`--method lsqr --damp D`, far-field/image
 layout; `--norm`, `--lambda`, `--grid` are Tikhonov's and refused with it, `--calibrate` applies to both)
 (`--k --box [--angles --image-points --image-index --sign]` for a converted file that records no grid).
-It prints a one-line summary; the full result (per-split metrics, λ, grid, fit diagnostics) is JSON, written
-with `--out` or printed with `--json`."""
+It prints a one-line summary; the full result (per-split metrics, every sample's errors, λ, grid, fit
+diagnostics) is JSON, written with `--out` or printed with `--json`."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from bcrdist.cli.evaluate import percent
-from bcrdist.fileio import atomic_write_bytes
+from bcrdist.fileio import atomic_write_bytes, json_safe, to_json
 from bcrdist.noise import MODELS
 from bcrdist.train.baseline import evaluate_born_baseline
 
@@ -90,7 +89,8 @@ def run_baseline(args: argparse.Namespace) -> int:
                f"({args.noise_model}): {weighted}relative L2 "
                f"{m['rel_l2']['mean']:.4f}, relative L1 {m['rel_l1']['mean']:.4f}, PSNR {m['psnr']['mean']:.1f} dB "
                f"(pixel max {m['psnr']['pixel_max']:g})")
-    text = json.dumps(doc, indent=2)
+    # one key per line but each list on one line: the per-sample errors ("samples") stay a few lines long
+    text = to_json(json_safe(doc))
     if args.out:
         out = Path(args.out)
         atomic_write_bytes(out, (text + "\n").encode())

@@ -6,7 +6,8 @@ inversion of the far field F (`method` tikhonov, `bcrdist.physics.born`), λ cho
 default of the same data set; `val_data` names another one, e.g. the in-distribution set when the data are an
 out-of-distribution test set, so that the baseline learns no more from the test family than BCR-Net does), or
 the study's damped least squares (`method` lsqr with damping `damp`, `bcrdist.physics.born_lsqr`; the study's
-"Born γ = 1" is damp 1). Reports the metrics in the layout of `bcrdist evaluate`'s metrics.json plus the
+"Born γ = 1" is damp 1). Reports the metrics in the layout of `bcrdist evaluate`'s metrics.json, every
+sample's errors as its "samples" ({"index": [...], metric: [...]}, index order; PSNR in dB), plus the
 chosen λ (tikhonov) or the damping (lsqr). Noise (a model of `bcrdist.noise` at a level in percent,
 `bcrdist.physics.born.noisy_far_field`) is applied to validation and evaluation far fields alike: the
 regularisation is tuned for the noise, as one would in practice. Each sample's draw is the one the data
@@ -107,8 +108,10 @@ def evaluate_born_baseline(data, split="test", val_data=None, val_split="val", n
     estimator = make_inversion(definition)
     factor = complex(*fit["calibration"]) if "calibration" in fit else 1.0
     errors = {name: [] for name in REPORTED_FOR[kind]}
+    indices = []
     for F, target, idx in iterate(data, split, batch_size, target_name):
         pred = estimator.predict(noisy_far_field(F, noise, idx, seed, noise_model) / factor)
+        indices.append(idx)
         for name, e in sample_errors(pred, target, out_scale, kind).items():
             errors[name].append(e)
     if method == "lsqr":
@@ -117,5 +120,9 @@ def evaluate_born_baseline(data, split="test", val_data=None, val_split="val", n
         doc["lambda"], doc["lambda_relative"] = fit["lambda"], fit["lambda_relative"]
     doc["metrics"] = summarize({name: sample_statistics(name, np.concatenate(e)) for name, e in errors.items()},
                                pixel_max=PIXEL_MAX)
+    # every sample's errors in index order, to pair with another method's on the same samples (bcrdist.paired)
+    order = np.argsort(np.concatenate(indices), kind="stable")
+    doc["samples"] = {"index": np.concatenate(indices)[order].astype(np.int64).tolist(),
+                      **{name: np.concatenate(e)[order].astype(np.float64).tolist() for name, e in errors.items()}}
     doc["seconds"] = time.monotonic() - start
     return doc

@@ -7,9 +7,11 @@ all-reduced (`bcrdist.metrics.ErrorAccumulator`). A non-finite error is never re
 `NonFiniteSamples` notes, without a device sync, which samples' errors or data are not finite, and
 `check_finite` turns a non-finite mean into one line naming them (data or model at fault).
 `evaluate_checkpoint` refuses data whose recorded physics differ from the training data's
-(`bcrdist.train.physics_check`), and writes a predictions file like the original's (`input`, `output`, `pred`
-in training units, plus `index` and `pred_eta` in physical units) for every sample of the split in index order,
-or the first `max_saved` (its attributes say which), and PNG plots titled with the checkpoint, split and noise:
+(`bcrdist.train.physics_check`), and writes metrics.json (the summaries {metric: {mean, std, max|min, count}}
+and every sample's errors, "samples": {"index": [...], metric: [...]} in index order, for paired tests), a
+predictions file like the original's (`input`, `output`, `pred` in training units, plus `index` and `pred_eta` in
+physical units) for every sample of the split in index order, or the first `max_saved` (its attributes say
+which), and PNG plots titled with the checkpoint, split and noise:
 true / predicted / error (prediction − truth) images in polar and Cartesian views, the histogram of every
 sample's error, and training curves from the run's metrics.jsonl.
 """
@@ -32,8 +34,8 @@ from bcrdist.distributed import init_distributed, shutdown_distributed
 from bcrdist.errors import DataError
 from bcrdist.fileio import atomic_write_held, atomic_write_json, json_safe
 from bcrdist.data.grid import layout_of
-from bcrdist.metrics import (PIXEL_MAX, REPORTED, REPORTED_FOR, SELECTION_DEFAULT, ErrorAccumulator, per_sample_error,
-                             summarize)
+from bcrdist.metrics import (HIGHER_IS_BETTER, PIXEL_MAX, REPORTED, REPORTED_FOR, SELECTION_DEFAULT, ErrorAccumulator,
+                             per_sample_error, summarize)
 from bcrdist.models.checkpoint import load_model
 from bcrdist.physics.layout import GridInfo
 from bcrdist.train.physics_check import check_physics
@@ -161,36 +163,43 @@ def plot_grid(manifest, target: str, shape) -> GridInfo | None:
 
 
 class KeptSamples:
-    """An `on_batch` for `evaluate_checkpoint`: every sample's global index and selection error (for the
-    histogram), and the first `limit` samples (None: all) of this rank as NumPy arrays: `index` (B,), `input`
-    (B, Ns, Nd'), `target` and `pred` (B, Nt, Nr) in training units, `error` (B,)."""
+    """An `on_batch` for `evaluate_checkpoint`: every sample's global index and selection errors of every
+    metric evaluated (for the histogram and metrics.json's per-sample errors), and the first `limit` samples
+    (None: all) of this rank as NumPy arrays: `index` (B,), `input` (B, Ns, Nd'), `target` and `pred` (B, Nt, Nr)
+    in training units, `error` (B,) of the `selection` metric."""
 
     def __init__(self, selection: str, limit: int | None):
         self.selection, self.limit = selection, limit
-        self.errors: list[tuple[np.ndarray, np.ndarray]] = []
+        self.errors: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
         self.arrays: dict[str, list[np.ndarray]] = {"index": [], "input": [], "target": [], "pred": [], "error": []}
         self.count = 0
 
     def __call__(self, x, y, pred, errors, index) -> None:
-        index, error = torch.as_tensor(index).cpu().numpy(), errors[self.selection].cpu().numpy()
-        self.errors.append((index, error))
+        index = torch.as_tensor(index).cpu().numpy()
+        every = {name: e.cpu().numpy() for name, e in errors.items()}
+        error = every[self.selection]
+        self.errors.append((index, every))
         take = len(index) if self.limit is None else max(0, min(len(index), self.limit - self.count))
         if take:
             for key, value in (("index", index), ("input", x), ("target", y), ("pred", pred), ("error", error)):
                 self.arrays[key].append(np.asarray(value[:take].cpu() if torch.is_tensor(value) else value[:take]))
             self.count += take
 
-    def local(self) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-        """(this rank's kept arrays, (every index, every error) of this rank)."""
+    def local(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(this rank's kept arrays, {"index": every index (N,), metric: every selection error (N,)} of this
+        rank; {"index": empty} when it evaluated no sample)."""
         kept = {k: np.concatenate(v) if v else np.zeros(0) for k, v in self.arrays.items()}
-        index = np.concatenate([i for i, _ in self.errors]) if self.errors else np.zeros(0, dtype=np.int64)
-        error = np.concatenate([e for _, e in self.errors]) if self.errors else np.zeros(0, dtype=np.float32)
-        return kept, (index, error)
+        if not self.errors:
+            return kept, {"index": np.zeros(0, dtype=np.int64)}
+        every = {"index": np.concatenate([i for i, _ in self.errors])}
+        every.update({name: np.concatenate([e[name] for _, e in self.errors]) for name in self.errors[0][1]})
+        return kept, every
 
 
-def merged(parts: list[tuple[dict, tuple]], limit: int | None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def merged(parts: list[tuple[dict, dict]], limit: int | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Every rank's `KeptSamples.local()` → (the kept arrays of the `limit` lowest sample indices over all ranks,
-    in index order; every sample's error, in index order): the same files for any number of ranks."""
+    in index order; {"index": (N,), metric: selection errors (N,)} of every sample, in index order): the same
+    files for any number of ranks."""
     kept_parts = [k for k, _ in parts if len(k["index"])]
     if kept_parts:
         kept = {key: np.concatenate([k[key] for k in kept_parts]) for key in kept_parts[0]}
@@ -198,9 +207,11 @@ def merged(parts: list[tuple[dict, tuple]], limit: int | None) -> tuple[dict[str
         kept = {key: value[order] for key, value in kept.items()}
     else:
         kept = {key: np.zeros(0) for key in ("index", "input", "target", "pred", "error")}
-    index = np.concatenate([i for _, (i, _) in parts])
-    errors = np.concatenate([e for _, (_, e) in parts])
-    return kept, errors[np.argsort(index, kind="stable")]
+    every = [e for _, e in parts if len(e["index"])]
+    if not every:
+        return kept, {"index": np.zeros(0, dtype=np.int64)}
+    order = np.argsort(np.concatenate([e["index"] for e in every]), kind="stable")
+    return kept, {name: np.concatenate([e[name] for e in every])[order] for name in every[0]}
 
 
 def evaluate_checkpoint(checkpoint, data, split="test", out=None, noise=0.0, n_plots=4, batch_size=64,
@@ -260,22 +271,36 @@ def short_path(path, parts: int = 3) -> str:
     return "/".join(Path(str(path)).parts[-parts:])
 
 
+def sample_record(every: dict[str, np.ndarray], metrics) -> dict[str, list]:
+    """metrics.json's "samples": {"index": [global sample index], metric: [value]} for every metric of
+    `metrics`, in index order and in the reported units (relative errors; PSNR in dB), so that their means are
+    the reported means and two methods' errors join on the index (`bcrdist.paired`). `every`: `merged`'s
+    selection errors."""
+    record = {"index": every["index"].astype(np.int64).tolist()}
+    for name in metrics:
+        values = every.get(name, np.zeros(0)).astype(np.float64)
+        record[name] = (-values if name in HIGHER_IS_BETTER else values).tolist()
+    return record
+
+
 def write_evaluation(out: Path, parts, metrics: dict, physics, model, manifest, run_dir: Path, run: dict) -> None:
-    """Rank 0's files of `evaluate_checkpoint`: metrics.json, predictions.h5 (the saved samples, in index
-    order), the sample plots, the error histogram of every sample and the training curves; and its summary
-    lines. `parts`: every rank's `KeptSamples.local()`; `run`: the evaluation's settings."""
+    """Rank 0's files of `evaluate_checkpoint`: metrics.json (with every sample's errors, `sample_record`),
+    predictions.h5 (the saved samples, in index order), the sample plots, the error histogram of every sample
+    and the training curves; and its summary lines. `parts`: every rank's `KeptSamples.local()`; `run`: the
+    evaluation's settings."""
     # imported here, where the plots are drawn: matplotlib would add ~0.4 s to the start of every training
     # process (the trainer imports this module), and to each of its ranks
     from bcrdist.train import plots
 
     selection, scale, max_saved = run["selection"], run["scale"], run["max_saved"]
-    kept, errors = merged(parts, max(max_saved, run["n_plots"]) if max_saved is not None else None)
+    kept, every = merged(parts, max(max_saved, run["n_plots"]) if max_saved is not None else None)
+    errors = every.get(selection, np.zeros(0))
     total = int(metrics[selection]["count"])
     saved = total if max_saved is None else min(int(max_saved), total)
     out.mkdir(parents=True, exist_ok=True)
     result = {"checkpoint": str(run["checkpoint"]), "data": str(run["data"]), "split": str(run["split"]),
               "noise": run["noise"], "noise_model": run["noise_model"], "seed": run["seed"], "metrics": metrics,
-              "saved_samples": saved, "physics": physics.record()}
+              "saved_samples": saved, "physics": physics.record(), "samples": sample_record(every, metrics)}
     atomic_write_json(out / "metrics.json", json_safe(result))
 
     def write_predictions(fh) -> None:
