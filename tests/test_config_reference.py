@@ -194,7 +194,8 @@ def test_config_keys_lists_type_default_and_meaning(capsys):
     assert any(line.startswith("model:") and "any registered one" in line for line in out)
     assert main(["config", "keys", "--data", "solver"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert [line.split()[0] for line in out] == ["solver:", "solver.tol", "solver.restart", "solver.max_iterations"]
+    assert [line.split()[0] for line in out] == ["solver:", "solver.tol", "solver.restart", "solver.max_iterations",
+                                              "solver.backend", "solver.precision", "solver.batch"]
     assert "1e-08" in out[1]
 
 

@@ -93,11 +93,14 @@ def _hash_without(cfg, keys, family_keys=()) -> str:
     """The config hash as it was computed before `keys` (and `family_keys` of the family section) existed."""
     data = {key: value for key, value in to_dict(cfg).items() if key not in keys}
     data["family"] = {key: value for key, value in data["family"].items() if key not in family_keys}
+    # the solver's backend, precision and batch came later still, all three left at their defaults here
+    data["solver"] = {key: value for key, value in data["solver"].items()
+                      if key not in ("backend", "precision", "batch")}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def test_hash_of_existing_configs_is_unchanged_and_new_keys_count():
-    new_keys = {"layout", "angles", "image_size"}
+    new_keys = {"layout", "angles", "image_size", "image_points"}
     new_family_keys = {"mixture", "absorption", "discs", "squares", "u_shapes", "rings"}
     for overrides in ([], ["n=16", "Na=8", "seed=3"], ["family.name=shapes"]):
         cfg = load_config(None, GenerationConfig, overrides)

@@ -12,13 +12,24 @@ All ratios come from this one run; the machine's load shows in the numbers, so r
     .venv/bin/python tools/bench_generate.py [--config configs/data/default.yaml] [--samples 6] [--mpi-samples 24]
 
 Batched timings are the fastest of --repeats passes; the others run once.
+
+With --backend numpy,torch it compares the solver backends instead (`solver.backend`, issue 22): whole samples
+(`SampleMaker.many`, raster to arrays) per backend, interleaved in one process (the order alternates every
+round), the median seconds per sample of --repeats rounds, the ratios to the first backend, and the largest
+far-field difference to the first backend (solver outputs in float64, relative to the largest entry):
+
+    .venv/bin/python tools/bench_generate.py --config configs/data/demo.yaml --backend numpy,torch --batch 1,8
+    .venv/bin/python tools/bench_generate.py --config configs/data/study_discs.yaml --set n=100 --set Na=100 \
+        --set image_size=100 --backend numpy,torch --samples 4 --repeats 5
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import statistics
 import shutil
 import subprocess
 import sys
@@ -116,16 +127,69 @@ def mpi_run(config: Path, samples: int, ranks: int, workdir: Path) -> tuple[floa
     return summary["seconds"] / samples, sum(summary["cpu"]) / samples
 
 
+def compare_backends(cfg: GenerationConfig, backends: list[str], batches: list[int], samples: int, rounds: int,
+                     device: str) -> None:
+    """Median seconds per whole sample of each (backend, batch), interleaved; ratios; far-field differences."""
+    variants = [(b, n) for b in backends for n in (batches if b == "torch" else [1])]
+    makers = {}
+    for backend, batch in variants:
+        solver = dataclasses.replace(cfg.solver, backend=backend, batch=batch)
+        makers[backend, batch] = SampleMaker(dataclasses.replace(cfg, solver=solver),
+                                             device if backend == "torch" else "cpu")
+
+    def run(key):
+        batch = key[1]
+        return [a for first in range(0, samples, batch) for a in makers[key].many(first, min(batch, samples - first))]
+
+    for key in variants:
+        run(key)  # warm-up: kernel spectra, FFT plans, work buffers
+    times: dict[tuple, list[float]] = {key: [] for key in variants}
+    for r in range(rounds):
+        for key in (variants if r % 2 == 0 else variants[::-1]):
+            start = time.perf_counter()
+            run(key)
+            times[key].append((time.perf_counter() - start) / samples)
+    rasters = [makers[variants[0]].scatterer(i).contrast_raster(cfg.n, cfg.box, cfg.family.supersample)
+               for i in range(samples)]
+    reference = np.stack([makers[variants[0]].solver.far_field(eta) for eta in rasters])
+    first = statistics.median(times[variants[0]])
+    print(f"\n{'backend (whole samples, 1 thread)':36s} {'s/sample':>9s} {'× first':>8s} {'far field vs first':>19s}")
+    for backend, batch in variants:
+        solver = makers[backend, batch].solver
+        if backend == "torch":
+            far = np.concatenate([solver.solve(np.stack(rasters[i:i + batch]))[0] for i in range(0, samples, batch)])
+        else:
+            far = np.stack([solver.far_field(eta) for eta in rasters])
+        diff = float(np.abs(far - reference).max() / np.abs(reference).max())
+        t = statistics.median(times[backend, batch])
+        label = f"{backend}" + (f", batch {batch}, {device}" if backend == "torch" else "")
+        print(f"{label:36s} {t:9.4f} {t / first:8.3f} {diff:19.1e}")
+    print(f"({samples} samples, median of {rounds} interleaved rounds; load average {os.getloadavg()[0]:.2f} on "
+          f"{os.cpu_count()} cores)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs/data/default.yaml"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config entry, e.g. --set n=100")
+    parser.add_argument("--backend", default="", help="compare solver backends instead, e.g. numpy,torch")
+    parser.add_argument("--batch", default="1", help="with --backend: torch batches (solver.batch), e.g. 1,8")
+    parser.add_argument("--device", default="cpu", help="with --backend: the torch backend's device")
     parser.add_argument("--samples", type=int, default=6, help="samples for the solver comparison")
     parser.add_argument("--dense-samples", type=int, default=2, help="samples for the dense direct solve")
     parser.add_argument("--mpi-samples", type=int, default=24, help="samples for the P = 1, 2 runs (0: skip)")
     parser.add_argument("--repeats", type=int, default=3, help="passes of the batched timings (the fastest counts)")
     args = parser.parse_args()
 
-    cfg = load_config(args.config, GenerationConfig)
+    cfg = load_config(args.config, GenerationConfig, args.overrides)
+    if args.backend:
+        torch.set_num_threads(1)
+        print(f"tier: n = {cfg.n}, k = {cfg.k_over_pi:g}π, Na = {cfg.Na}, family {cfg.family.name}, "
+              f"GMRES tol {cfg.solver.tol:g}")
+        compare_backends(cfg, args.backend.split(","), [int(b) for b in args.batch.split(",")], args.samples,
+                         args.repeats, args.device)
+        return 0
     maker = SampleMaker(cfg)
     scatterers = [maker.scatterer(i) for i in range(args.samples)]
     rasters = [s.raster(cfg.n, cfg.box, cfg.family.supersample) for s in scatterers]

@@ -1,7 +1,9 @@
 """The data-set commands: `bcrdist shard | verify | merge | split | stats`.
 
 - `bcrdist shard SRC OUT --samples-per-shard N`: convert an original HDF5 file into a sharded data set.
-- `bcrdist verify DATA`: check checksums, shapes, dtypes, values and splits of a sharded data set.
+- `bcrdist verify DATA`: check checksums, shapes, dtypes, values and splits of a sharded data set; `--physics`
+  also re-solves a few samples on a grid twice as fine (and single discs against the Mie series) and records
+  the far fields' discretisation error in the manifest.
 - `bcrdist merge DATA OUT`: write a sharded data set back into one HDF5 file.
 - `bcrdist split DATA`: write train/test (and validation) split files for a sharded data set.
 - `bcrdist stats DATA`: streaming min/max/mean/std per field, stored into the manifest.
@@ -105,18 +107,28 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", help="data-set directory")
     parser.add_argument("--no-checksums", action="store_true", help="skip the SHA-256 of each shard")
     parser.add_argument("--no-scan", action="store_true", help="skip the NaN/inf scan of the values")
+    parser.add_argument("--physics", action="store_true",
+                        help="then estimate the far fields' discretisation error (a data set made by `bcrdist "
+                             "generate`: K samples re-solved at 2n, single discs against the Mie series) and "
+                             "record it in the manifest")
+    parser.add_argument("--accuracy-samples", type=int, default=4, metavar="K",
+                        help="samples of --physics (default 4)")
     parser.add_argument("--quiet", action="store_true", help="no per-shard progress lines")
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from bcrdist.data.discretisation import check_sample_count, store_record
     from bcrdist.data.format import read_manifest
     from bcrdist.distributed.mpi import world
     from bcrdist.data.verify import verify_dataset
 
+    check_sample_count(args.accuracy_samples)
     comm = world()
     with one_line_os_errors():
         problems = verify_dataset(args.data, checksums=not args.no_checksums, scan=not args.no_scan, comm=comm,
                                   log=progress(comm, args.quiet))
+        if args.physics and not problems:
+            store_record(args.data, args.accuracy_samples, comm=comm)
     if comm.rank != 0:
         return 2 if problems else 0
     if problems:
@@ -124,7 +136,16 @@ def run_verify(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.data)
     print(f"{manifest.root}: ok ({manifest.num_samples} samples in {len(manifest.shards)} shards, "
           f"data set {manifest.dataset_id})")
+    _print_discretisation(manifest)
     return 0
+
+
+def _print_discretisation(manifest) -> None:
+    """The manifest's discretisation-error line (`bcrdist.data.discretisation`), for a generated data set."""
+    from bcrdist.data.discretisation import RECORD_KEY, describe
+
+    if manifest.raw.get(RECORD_KEY) or manifest.provenance.get("tool") == "bcrdist generate":
+        print(describe(manifest.raw.get(RECORD_KEY)))
 
 
 def add_merge_arguments(parser: argparse.ArgumentParser) -> None:
@@ -185,6 +206,7 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_stats(args: argparse.Namespace) -> int:
+    from bcrdist.data.format import read_manifest
     from bcrdist.distributed.mpi import world
     from bcrdist.data.stats import store_statistics
 
@@ -196,4 +218,5 @@ def run_stats(args: argparse.Namespace) -> int:
         for field, s in stats.items():
             cells = [f"{s[k]:>13.6g}" if s[k] is not None else f"{'-':>13}" for k in ("min", "max", "mean", "std")]
             print(f"{field:<16} {s['count']:>12} {' '.join(cells)} {s['nonfinite']:>9}")
+        _print_discretisation(read_manifest(args.data))
     return 0

@@ -295,7 +295,7 @@ def _sorted_contiguous(shards: list[dict], where: str) -> list[dict]:
 
 def write_manifest(out_dir: PathLike, shard_infos: list[dict], *, provenance: dict,
                    statistics: dict | None = None, layout: dict | None = None,
-                   grid: dict | None = None) -> pathlib.Path:
+                   grid: dict | None = None, discretisation: dict | None = None) -> pathlib.Path:
     """Write `out_dir/manifest.json` atomically; returns its path.
 
     `shard_infos` are the dicts returned by `write_shard`/`existing_shard`, in any order; they are sorted by
@@ -303,7 +303,8 @@ def write_manifest(out_dir: PathLike, shard_infos: list[dict], *, provenance: di
     come from the first shard; every other shard must hold the same. `provenance` records how the data set
     was made (tool, version, source, seed, config). `statistics` maps field → {count, min, max, mean, std,
     nonfinite} (see `bcrdist.data.stats`); `layout` records the source file layout for `merge`; `grid` is the
-    data set's `GridInfo.to_record()` (angle grid, polar or Cartesian target, sign; checked here).
+    data set's `GridInfo.to_record()` (angle grid, polar or Cartesian target, sign; checked here);
+    `discretisation` the far fields' estimated discretisation error (`bcrdist.data.discretisation`).
     """
     out_dir = pathlib.Path(out_dir)
     where = str(out_dir / MANIFEST_NAME)
@@ -345,6 +346,8 @@ def write_manifest(out_dir: PathLike, shard_infos: list[dict], *, provenance: di
                 "statistics": statistics, "provenance": provenance, "layout": layout}
     if grid is not None:
         manifest["grid"] = grid
+    if discretisation is not None:
+        manifest["discretisation"] = discretisation
     return _write_manifest_file(out_dir / MANIFEST_NAME, manifest)
 
 

@@ -32,7 +32,7 @@ def _from_config(manifest, cfg: dict, target: str) -> dict:
         if target == "polar":
             fields["polar_radius"] = float(cfg["polar_radius"]) * box
         else:
-            fields.update(image_extent=box, image_points="centres", image_index="xy")
+            fields.update(image_extent=box, image_points=cfg.get("image_points", "centres"), image_index="xy")
     except (KeyError, TypeError, ValueError):
         raise DataError(f"{manifest.path}: provenance.config lacks k_over_pi/polar_radius (not made by "
                         f"`bcrdist generate`?)") from None

@@ -36,11 +36,15 @@ def _table(family: str, rows: list[np.ndarray], columns: int, support_radius: fl
 
 
 def sample_discs(rng: np.random.Generator, *, count: tuple[int, int], contrast: tuple[float, float],
-                 radius: tuple[float, float], gap: float, support_radius: float) -> Scatterer:
-    """Up to `count` non-overlapping discs, radius and η drawn per disc (the study's training family)."""
+                 radius: tuple[float, float], gap: float, support_radius: float, placement: str = "disk") -> Scatterer:
+    """Up to `count` non-overlapping discs, radius and η drawn per disc (the study's training family), inside
+    the support disk of radius R_s (`placement` disk) or the square [−R_s, R_s]² (`square`, the study's)."""
     def disc(cx, cy, r):
         return [np.array([KIND_ELLIPSE, rng.uniform(*contrast), cx, cy, r, r, 0.0])]
-    return _table("discs", placed(rng, count, radius, gap, support_radius, disc), BASE_COLUMNS, support_radius)
+    rows = placed(rng, count, radius, gap, support_radius, disc, placement)
+    # the square lies inside the disk of radius √2·R_s: η's cut there never touches a disc in a corner
+    cut = math.sqrt(2.0) * support_radius if placement == "square" else support_radius
+    return _table("discs", rows, BASE_COLUMNS, cut)
 
 
 def sample_squares(rng: np.random.Generator, *, count: tuple[int, int], contrast: tuple[float, float],

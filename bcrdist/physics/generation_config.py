@@ -84,6 +84,10 @@ class DiscsFamily:
     radius: tuple[float, float] = setting((0.05, 0.15), help="[min, max] disc radius, a fraction of the box (the "
                                           "study's 0.1–0.3 on [−1, 1]²)", low=0, low_open=True)
     gap: float = setting(0.01, help="least distance between two discs, a fraction of the box", low=0)
+    placement: Literal["disk", "square"] = setting("disk", help="where a centre is drawn (uniformly) for a disc of "
+                                                   "radius r: `disk` |c| ≤ R − r, or the study's `square` "
+                                                   "[−R + r, R − r]² (R = support_radius·box; the corners of the "
+                                                   "square hold discs too)")
 
     def validate(self) -> None:
         check_ranges(self, "family.discs")
@@ -227,21 +231,44 @@ class FamilyConfig:
 
 @dataclass
 class SolverConfig:
-    """GMRES stopping rule: relative residual `tol` per incident direction."""
+    """GMRES stopping rule (relative residual `tol` per incident direction) and where the solver runs."""
 
     tol: float = setting(1e-8, help="GMRES stops when every incident direction's relative residual is below this",
                          low=0, high=1, low_open=True, high_open=True)
     restart: int = setting(40, help="GMRES restart length (Krylov vectors kept)", low=1)
     max_iterations: int = setting(400, help="iterations after which a sample fails with ConvergenceError (naming "
                                   "the sample)", low=1)
+    backend: Literal["numpy", "torch"] = setting("numpy", help="`numpy`: the CPU solver (NumPy set-up, torch "
+                                                 "FFTs and GMRES per sample); `torch`: every step on the device "
+                                                 "of `bcrdist generate --device`, `batch` samples per GMRES solve "
+                                                 "(far fields equal to 1e-10 in complex128)")
+    precision: Literal["complex128", "complex64"] = setting("complex128", help="backend torch: the solver's "
+                                                            "arithmetic; complex64 needs tol ≥ 1e-5 and a "
+                                                            "piecewise-constant family (its error, ~1e-5, must "
+                                                            "stay below the discretisation error)")
+    batch: int = setting(1, help="backend torch: consecutive samples of a shard solved in one GMRES batch (a fixed "
+                         "run of indices, so the data do not depend on the number of ranks)", low=1)
+
+    def validate(self) -> None:
+        check_ranges(self, "solver")
+        if self.backend == "numpy" and (self.precision != "complex128" or self.batch != 1):
+            raise ConfigError(f"solver.backend: numpy solves one sample in complex128; precision "
+                              f"{self.precision} and batch {self.batch} need solver.backend: torch")
+        if self.precision == "complex64" and self.tol < 1e-5:
+            raise ConfigError(f"solver.precision: complex64 reaches relative residuals of about 1e-6 only; "
+                              f"set solver.tol ≥ 1e-5 (got {self.tol:g}) or use complex128")
 
 
 # top-level key → the default that reproduces the data of the configs written before the key existed
-KEYS_ADDED_LATER = {"layout": "fan", "angles": "periodic", "image_size": 0}
+KEYS_ADDED_LATER = {"layout": "fan", "angles": "periodic", "image_size": 0, "image_points": "centres"}
 # the same for the keys of `family`
 FAMILY_KEYS_ADDED_LATER = {"mixture": {}, "absorption": [0.0], "discs": to_dict(DiscsFamily()),
                            "squares": to_dict(SquaresFamily()), "u_shapes": to_dict(UShapesFamily()),
                            "rings": to_dict(RingsFamily())}
+# the same for keys of a family's section: (family, key) → default
+FAMILY_SECTION_KEYS_ADDED_LATER = {("discs", "placement"): "disk"}
+# the same for the keys of `solver` (a numpy-backend config's hash and data are those it had before)
+SOLVER_KEYS_ADDED_LATER = {"backend": "numpy", "precision": "complex128", "batch": 1}
 
 
 @dataclass
@@ -265,8 +292,13 @@ class GenerationConfig:
     angles: Literal["periodic", "endpoint"] = setting("periodic", help="the direction grid: `periodic` θ_j = "
                                                       "2πj/Na, or `endpoint` θ_j = −π + 2πj/(Na − 1), the port's "
                                                       "(first = last; layout farfield only)")
-    image_size: int = setting(0, help="layout farfield: pixels per side of `image`, η at the cell centres of "
+    image_size: int = setting(0, help="layout farfield: pixels per side of `image`, η at the `image_points` of "
                               "[−box/2, box/2]²; 0: n (the solver's raster)", low=0)
+    image_points: Literal["centres", "nodes"] = setting("centres", help="layout farfield: where `image` samples η: "
+                                                        "the cell `centres` (rasterised like the solver's η), or "
+                                                        "the `nodes` −box/2 + i·box/(m − 1), both edges included "
+                                                        "(the study's linspace(−1, 1, 100) at box 2; point values, "
+                                                        "as the study's)")
     samples: int = setting(1024, help="samples in the data set", low=1)
     samples_per_shard: int = setting(256, help="samples per shard file (shard s is written by rank s mod P)", low=1)
     seed: int = setting(0, help="sample i depends only on (seed, i), so the data are the same for any number of "
@@ -287,8 +319,16 @@ class GenerationConfig:
             if self.image_size:
                 raise ConfigError(f"image_size: {self.image_size} applies to layout: farfield only (layout fan "
                                   f"writes the polar coe, no image)")
+            if self.image_points != "centres":
+                raise ConfigError(f"image_points: {self.image_points!r} applies to layout: farfield only (layout fan "
+                                  f"writes the polar coe, no image)")
         elif self.image_size == 1:
             raise ConfigError("image_size: must be 0 (the solver's n) or ≥ 2, got 1")
+        if self.solver.precision == "complex64" and "gaussian" in self.family.members():
+            # smooth η: the truncated kernel's error is spectrally small (~1e-7 at n = 64), below complex64's
+            raise ConfigError("solver.precision: complex64 is allowed for piecewise-constant families only (their "
+                              "discretisation error, ≥ 1e-3 up to n = 1024, is far above complex64's ~1e-5); the "
+                              "gaussian family needs complex128")
 
     @property
     def absorbing(self) -> bool:
@@ -302,7 +342,7 @@ class GenerationConfig:
     def sha256(self) -> str:
         """Hash of the settings that determine the data: canonical JSON of the whole config, without the keys
         added after data sets were made while they hold their defaults (`KEYS_ADDED_LATER`,
-        `FAMILY_KEYS_ADDED_LATER`), so that those
+        `FAMILY_KEYS_ADDED_LATER`, `FAMILY_SECTION_KEYS_ADDED_LATER`), so that those
         data sets keep the hash they were made with and still resume."""
         data = to_dict(self)
         for key, default in KEYS_ADDED_LATER.items():
@@ -311,5 +351,12 @@ class GenerationConfig:
         for key, default in FAMILY_KEYS_ADDED_LATER.items():
             if data["family"][key] == default:
                 del data["family"][key]
+        for key, default in SOLVER_KEYS_ADDED_LATER.items():
+            if data["solver"][key] == default:
+                del data["solver"][key]
+        # after the whole sections: a section left at its defaults (new key included) is gone already
+        for (family, key), default in FAMILY_SECTION_KEYS_ADDED_LATER.items():
+            if family in data["family"] and data["family"][family][key] == default:
+                del data["family"][family][key]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 

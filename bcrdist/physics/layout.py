@@ -234,10 +234,10 @@ class GridInfo:
 
 def grid_info_from_config(cfg) -> GridInfo:
     """The grid of a data set generated with `cfg` (a `GenerationConfig`): polar for layout `fan`, Cartesian on
-    the solver's box (cell centres, image_size or n pixels) for layout `farfield`; sign −1 (ours)."""
+    the solver's box (`image_points`, image_size or n pixels) for layout `farfield`; sign −1 (ours)."""
     common = {"k": cfg.k, "angles": cfg.angles, "n_obs": cfg.Na, "n_inc": cfg.Na, "farfield_sign": -1}
     if cfg.layout == "fan":
         return GridInfo(target="polar", polar_nt=cfg.Na, polar_nr=cfg.Nr, polar_radius=cfg.polar_radius * cfg.box,
                         **common)
     return GridInfo(target="cartesian", image_size=cfg.image_size or cfg.n, image_extent=cfg.box,
-                    image_points="centres", image_index="xy", **common)
+                    image_points=cfg.image_points, image_index="xy", **common)

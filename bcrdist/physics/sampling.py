@@ -18,7 +18,9 @@ Arrays per sample (`SampleMaker.arrays`; the data set adds the sample axis first
     absorption     ()         float32   the sample's loss tangent α (only when the config has an α > 0)
 layout `farfield` (the PyTorch port's): `farfield` on the configured angle grid (periodic or endpoint),
     image          (m, m)     float32   η at the cell centres of [−box/2, box/2]², m = image_size or n
-                                        (rasterised like `eta`; equal to its real part when m = n)
+                                        (rasterised like `eta`; equal to its real part when m = n), or,
+                                        with image_points: nodes, η's point values at the nodes
+                                        x_i = −box/2 + i·box/(m − 1) (the study's target)
 and `eta`, `family`, `num_primitives`, `primitives`, `iterations`, `residual` (`absorption`) as above (no
 measure, no coe). On the endpoint grid the solver computes the Na − 1 distinct directions; the last (π) is a
 copy of the first (−π).
@@ -42,6 +44,7 @@ from bcrdist.physics.layout import distinct_angles, grid_info_from_config, measu
 from bcrdist.physics.scatterers import (BASE_COLUMNS, FAMILY_IDS, SHEPP_LOGAN_PRIMITIVES, Scatterer,
                                         sample_gaussian, sample_shapes, sample_shepp_logan)
 from bcrdist.physics.solver import ConvergenceError, ScatteringSolver
+from bcrdist.physics.solver_torch import TorchScatteringSolver
 
 
 def table_size(fam: FamilyConfig, name: str) -> tuple[int, int]:
@@ -71,7 +74,7 @@ def sample_family(rng: np.random.Generator, name: str, fam: FamilyConfig, box: f
     if name == "discs":
         p = fam.discs
         return sample_discs(rng, count=p.count, contrast=p.contrast, radius=(p.radius[0] * box, p.radius[1] * box),
-                            gap=p.gap * box, support_radius=support)
+                            gap=p.gap * box, support_radius=support, placement=p.placement)
     if name == "squares":
         p = fam.squares
         return sample_squares(rng, count=p.count, contrast=p.contrast, side=(p.side[0] * box, p.side[1] * box),
@@ -91,14 +94,20 @@ def sample_family(rng: np.random.Generator, name: str, fam: FamilyConfig, box: f
 class SampleMaker:
     """Builds the arrays of one sample from its index (or from a given scatterer)."""
 
-    def __init__(self, cfg: GenerationConfig):
+    def __init__(self, cfg: GenerationConfig, device: str = "cpu"):
+        """`device`: where a `solver.backend: torch` solver runs (a torch device name); the numpy backend runs
+        on the CPU only."""
         self.cfg = cfg
         self.grid = grid_info_from_config(cfg)
         angles, self.angle_index = distinct_angles(cfg.angles, cfg.Na)
         self.copies_directions = len(angles) != cfg.Na
         s = cfg.solver
-        self.solver = ScatteringSolver(cfg.n, cfg.k, angles, angles, box=cfg.box, tol=s.tol, restart=s.restart,
-                                       max_iterations=s.max_iterations)
+        options = dict(box=cfg.box, tol=s.tol, restart=s.restart, max_iterations=s.max_iterations)
+        if s.backend == "torch":
+            self.solver = TorchScatteringSolver(cfg.n, cfg.k, angles, angles, device=device,
+                                                precision=s.precision, **options)
+        else:
+            self.solver = ScatteringSolver(cfg.n, cfg.k, angles, angles, **options)
         fam = cfg.family
         self.members = fam.members()
         sizes = [table_size(fam, name) for name in self.members]
@@ -125,26 +134,36 @@ class SampleMaker:
         drawn = sample_family(rng, self.family(index), self.cfg.family, self.cfg.box)
         return dataclasses.replace(drawn, absorption=self.absorption(index))
 
-    def arrays(self, scatterer: Scatterer) -> dict[str, np.ndarray]:
-        """The per-sample arrays (no sample axis) listed in the module docstring."""
+    def arrays(self, scatterer: Scatterer, solved: tuple | None = None) -> dict[str, np.ndarray]:
+        """The per-sample arrays (no sample axis) listed in the module docstring. `solved`: (η raster (n, n),
+        far field (n_inc, n_rec), GMRES iterations, largest relative residual) when the solve was done already
+        (`many`); by default it is done here."""
         cfg = self.cfg
-        eta = scatterer.contrast_raster(cfg.n, cfg.box, cfg.family.supersample)
-        farfield = self.solver.far_field(eta).T
+        if solved is None:
+            eta = scatterer.contrast_raster(cfg.n, cfg.box, cfg.family.supersample)
+            solved = (eta, self.solver.far_field(eta), self.solver.last_iterations.max(initial=0),
+                      self.solver.last_residuals.max(initial=0.0))
+        eta, farfield, iterations, residual = solved
+        farfield = farfield.T
         if self.copies_directions:
             farfield = farfield[np.ix_(self.angle_index, self.angle_index)]
         described = {
             "family": np.int32(FAMILY_IDS[scatterer.family]),
             "num_primitives": np.int32(len(scatterer.primitives)),
             "primitives": scatterer.padded(self.max_primitives, self.columns),
-            "iterations": np.int32(self.solver.last_iterations.max(initial=0)),
-            "residual": np.float32(self.solver.last_residuals.max(initial=0.0)),
+            "iterations": np.int32(iterations),
+            "residual": np.float32(residual),
         }
         if cfg.absorbing:
             described["absorption"] = np.float32(scatterer.absorption)
         stored_eta = eta.astype(np.complex64 if cfg.absorbing else np.float32)
         if cfg.layout == "farfield":
             size = self.grid.image_size
-            image = eta.real if size == cfg.n else scatterer.raster(size, cfg.box, cfg.family.supersample)
+            if cfg.image_points == "nodes":     # the study's target: η's point values at the nodes
+                x = self.grid.image_axis()
+                image = scatterer(x[:, None], x[None, :])
+            else:
+                image = eta.real if size == cfg.n else scatterer.raster(size, cfg.box, cfg.family.supersample)
             return {"farfield": farfield.astype(np.complex64), "image": image.astype(np.float32),
                     "eta": stored_eta, **described}
         measure = measure_from_far_field(farfield)
@@ -163,3 +182,20 @@ class SampleMaker:
         except ConvergenceError as exc:
             raise ConvergenceError(f"sample {index}: {exc}; raise solver.max_iterations or lower the contrast") \
                 from None
+
+    def many(self, first: int, count: int) -> list[dict[str, np.ndarray]]:
+        """Samples first … first + count − 1; with the torch backend solved in one GMRES batch (whose rounding
+        depends on its members: callers pass fixed runs of indices, `bcrdist.data.generate` those of
+        `solver.batch` samples from a shard's start)."""
+        if not isinstance(self.solver, TorchScatteringSolver):
+            return [self(index) for index in range(first, first + count)]
+        cfg = self.cfg
+        scatterers = [self.scatterer(index) for index in range(first, first + count)]
+        etas = [s.contrast_raster(cfg.n, cfg.box, cfg.family.supersample) for s in scatterers]
+        try:
+            far, iterations, residuals = self.solver.solve(np.stack(etas))
+        except ConvergenceError as exc:
+            which = f"sample {first}" if count == 1 else f"samples {first}–{first + count - 1}"
+            raise ConvergenceError(f"{which}: {exc}; raise solver.max_iterations or lower the contrast") from None
+        return [self.arrays(s, (eta, f, it, res.max(initial=0.0)))
+                for s, eta, f, it, res in zip(scatterers, etas, far, iterations, residuals)]

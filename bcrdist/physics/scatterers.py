@@ -155,10 +155,19 @@ def uniform_in_disk(rng: np.random.Generator, radius: float) -> tuple[float, flo
     return r * math.cos(phi), r * math.sin(phi)
 
 
+def uniform_in_square(rng: np.random.Generator, half_side: float) -> tuple[float, float]:
+    """A point (x, y) uniform in [−half_side, half_side]²."""
+    return rng.uniform(-half_side, half_side), rng.uniform(-half_side, half_side)
+
+
 def placed(rng: np.random.Generator, count: tuple[int, int], circumradius: tuple[float, float], gap: float,
-            support_radius: float, rows_at: Callable[[float, float, float], list[np.ndarray]]) -> list[np.ndarray]:
-    """Rows of up to `count` shapes with circumradii drawn from `circumradius`, each inside the support disk
-    and `gap` away from the others; `rows_at(cx, cy, radius)` draws the rest of a shape and returns its rows."""
+            support_radius: float, rows_at: Callable[[float, float, float], list[np.ndarray]],
+            placement: str = "disk") -> list[np.ndarray]:
+    """Rows of up to `count` shapes with circumradii drawn from `circumradius`, each `gap` away from the others
+    and inside the support disk (`placement` disk: centre uniform in |c| ≤ R_s − r) or the square
+    [−R_s, R_s]² (`square`: centre uniform in [−R_s + r, R_s − r]²); `rows_at(cx, cy, radius)` draws the rest of
+    a shape and returns its rows."""
+    centre_in = uniform_in_square if placement == "square" else uniform_in_disk
     rows: list[np.ndarray] = []
     disks: list[tuple[float, float, float]] = []
     wanted = int(rng.integers(count[0], count[1] + 1))
@@ -166,7 +175,7 @@ def placed(rng: np.random.Generator, count: tuple[int, int], circumradius: tuple
         if len(disks) == wanted:
             break
         radius = rng.uniform(*circumradius)
-        cx, cy = uniform_in_disk(rng, support_radius - radius)
+        cx, cy = centre_in(rng, support_radius - radius)
         if any(math.hypot(cx - ox, cy - oy) < radius + orad + gap for ox, oy, orad in disks):
             continue
         rows.extend(rows_at(cx, cy, radius))

@@ -124,7 +124,8 @@ class _ContrastOperator:
 
 
 class FFTBuffer:
-    """The zero-padded FFT input (B, Mx, My) complex128 of the contrast operator, kept from sample to sample.
+    """The zero-padded FFT input (B, Mx, My) of the contrast operator (complex128 on the CPU unless `device` and
+    `dtype` say otherwise), kept from sample to sample.
 
     `get(nb, (Mx, My), (mx, my))` returns nb rows that are zero outside their leading (mx, my) block, ready
     for that block to be written. Only what earlier samples wrote outside the new block is zeroed again: a
@@ -132,14 +133,15 @@ class FFTBuffer:
     follows the most recent padded size (at a data tier every sample's block has the same size).
     """
 
-    def __init__(self):
-        self._buffer = torch.zeros((0, 0, 0), dtype=torch.complex128)
+    def __init__(self, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.complex128):
+        self.device, self.dtype = torch.device(device), dtype
+        self._buffer = torch.zeros((0, 0, 0), dtype=dtype, device=self.device)
         self._dirty = (0, 0, 0)  # rows, x and y extents outside which the buffer is zero
 
     def get(self, nb: int, size: tuple[int, int], block: tuple[int, int]) -> torch.Tensor:
         buf = self._buffer
         if tuple(buf.shape[1:]) != tuple(size) or buf.shape[0] < nb:
-            buf = self._buffer = torch.zeros((nb, *size), dtype=torch.complex128)
+            buf = self._buffer = torch.zeros((nb, *size), dtype=self.dtype, device=self.device)
             self._dirty = (0, 0, 0)
         rows, wx, wy = self._dirty
         mx, my = block
@@ -157,7 +159,8 @@ def _norms(w: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.view_as_real(w), dim=(-2, -1))
 
 
-def _workspace(workspace: dict | None, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+def _workspace(workspace: dict | None, key: str, shape: tuple[int, ...], dtype: torch.dtype,
+               device: torch.device) -> torch.Tensor:
     """An uninitialised tensor of `shape`, carved from a buffer kept in `workspace` (grown when too small).
 
     Solves need ~100 MB of Krylov basis: a fresh allocation that large is mapped anew by the C library each
@@ -165,10 +168,10 @@ def _workspace(workspace: dict | None, key: str, shape: tuple[int, ...], dtype: 
     """
     numel = math.prod(shape)
     if workspace is None:
-        return torch.empty(shape, dtype=dtype)
+        return torch.empty(shape, dtype=dtype, device=device)
     buf = workspace.get(key)
-    if buf is None or buf.numel() < numel or buf.dtype != dtype:
-        buf = workspace[key] = torch.empty(numel, dtype=dtype)
+    if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != device:
+        buf = workspace[key] = torch.empty(numel, dtype=dtype, device=device)
     return buf[:numel].view(shape)
 
 
@@ -198,11 +201,14 @@ def _givens(a: torch.Tensor, b: torch.Tensor):
     return abs_a / safe_rho, phase * b.conj() / safe_rho, phase * rho
 
 
-def batched_gmres(apply_k, b: torch.Tensor, *, tol: float, restart: int, max_iterations: int,
-                  workspace: dict | None = None):
+def batched_gmres(apply_k, b: torch.Tensor, *, tol: float | torch.Tensor, restart: int, max_iterations: int,
+                  workspace: dict | None = None, indexed: bool = False):
     """Solve (I + K) x_β = b_β for every row β of `b` with restarted GMRES, all rows advanced together.
 
-    `apply_k` maps a (m, N) complex128 tensor to (m, N): K on a stack of vectors; `b` (B, N) complex128.
+    `apply_k` maps a (m, N) complex tensor to (m, N): K on a stack of vectors; `b` (B, N) complex128 or
+    complex64, on any device (every tensor of the solve lives there). `indexed`: K differs from row to row
+    (several samples in one batch), and is called as apply_k(v, index) with `index` (m,) int64 the rows of `b`
+    that the rows of v belong to. `tol`: a float, or (B,) one per row.
     The Arnoldi process runs on K (the Krylov spaces of I + K and K are the same, and the Hessenberg matrix
     just gains 1 on its diagonal): for a second-kind operator with small K, I + K would return w ≈ v and
     the orthogonalisation would cancel most digits. A system stops when its relative residual
@@ -211,15 +217,19 @@ def batched_gmres(apply_k, b: torch.Tensor, *, tol: float, restart: int, max_ite
     against all previous vectors is two batched matrix products (classical Gram–Schmidt, repeated where more
     than two digits cancel), not a Python loop over the basis.
     `workspace`: a dict the caller keeps between solves, to reuse the basis memory (see `_workspace`).
-    Returns (x (B, N), iterations (B,) int64, relative residuals (B,) float64). Raises ConvergenceError
+    Returns (x (B, N), iterations (B,) int64, relative residuals (B,) real). Raises ConvergenceError
     when a system is still above tol after `max_iterations` iterations.
     """
     nb, nn = b.shape
-    cdt = b.dtype
+    cdt, rdt, dev = b.dtype, b.real.dtype, b.device
+
+    def apply(v: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return apply_k(v, index) if indexed else apply_k(v)
+
     x = torch.zeros_like(b)
     bnorm = _norms(b)
     target = tol * bnorm
-    iterations = torch.zeros(nb, dtype=torch.int64)
+    iterations = torch.zeros(nb, dtype=torch.int64, device=dev)
     r = b.clone()
     rnorm = bnorm.clone()
     while True:
@@ -228,36 +238,39 @@ def batched_gmres(apply_k, b: torch.Tensor, *, tol: float, restart: int, max_ite
             return x, iterations, rnorm / torch.where(bnorm == 0, 1.0, bnorm)
         spent = int(iterations[pending].max())
         if spent >= max_iterations:
-            worst = float((rnorm[pending] / bnorm[pending]).max())
+            ratio = rnorm[pending] / bnorm[pending]
+            worst = int(torch.argmax(ratio))
+            row_tol = float(tol[pending[worst]]) if isinstance(tol, torch.Tensor) else tol
             raise ConvergenceError(
                 f"GMRES did not converge for {pending.numel()} of {nb} right-hand sides in "
-                f"{max_iterations} iterations (worst relative residual {worst:.2e} > tol {tol:.1e})")
+                f"{max_iterations} iterations (worst relative residual {float(ratio[worst]):.2e} > tol "
+                f"{row_tol:.1e})")
         m = min(restart, max_iterations - spent)
         nbp = pending.numel()
         # Basis vectors are written before they are read; empty() avoids touching (m+1)·B·N entries.
-        basis = _workspace(workspace, "basis", (nbp, m + 1, nn), cdt)
-        hess = torch.zeros((nbp, m + 1, m), dtype=cdt)
-        cs = torch.zeros((nbp, m), dtype=torch.float64)
-        sn = torch.zeros((nbp, m), dtype=cdt)
-        g = torch.zeros((nbp, m + 1), dtype=cdt)
+        basis = _workspace(workspace, "basis", (nbp, m + 1, nn), cdt, dev)
+        hess = torch.zeros((nbp, m + 1, m), dtype=cdt, device=dev)
+        cs = torch.zeros((nbp, m), dtype=rdt, device=dev)
+        sn = torch.zeros((nbp, m), dtype=cdt, device=dev)
+        g = torch.zeros((nbp, m + 1), dtype=cdt, device=dev)
         g[:, 0] = rnorm[pending]
         basis[:, 0] = r[pending] / rnorm[pending, None]
         tgt = target[pending]
-        steps = torch.full((nbp,), m, dtype=torch.int64)
-        estimate = torch.zeros(nbp, dtype=torch.float64)
-        live = torch.ones(nbp, dtype=torch.bool)
+        steps = torch.full((nbp,), m, dtype=torch.int64, device=dev)
+        estimate = torch.zeros(nbp, dtype=rdt, device=dev)
+        live = torch.ones(nbp, dtype=torch.bool, device=dev)
         used = 0
         for j in range(m):
             used = j + 1
             rows = torch.nonzero(live).flatten()
             if rows.numel() == nbp:
-                w = apply_k(basis[:, j])
+                w = apply(basis[:, j], pending)
             else:
-                w = torch.zeros((nbp, nn), dtype=cdt)
-                w[rows] = apply_k(basis[rows, j])
+                w = torch.zeros((nbp, nn), dtype=cdt, device=dev)
+                w[rows] = apply(basis[rows, j], pending[rows])
             norm_in = _norms(w)
             prev = basis[:, :j + 1]
-            hcol = torch.zeros((nbp, j + 1), dtype=cdt)
+            hcol = torch.zeros((nbp, j + 1), dtype=cdt, device=dev)
             for _ in range(2):
                 proj = torch.matmul(w.conj().unsqueeze(1), prev.transpose(1, 2)).conj().squeeze(1)
                 w -= torch.matmul(proj.unsqueeze(1), prev).squeeze(1)
@@ -296,18 +309,18 @@ def batched_gmres(apply_k, b: torch.Tensor, *, tol: float, restart: int, max_ite
         steps[live] = used
         # Back-substitution for each system over its own number of steps: the unused tail becomes an
         # identity block with zero right-hand side, so its coefficients come out 0.
-        tail = torch.arange(used)[None, :] >= steps[:, None]
+        tail = torch.arange(used, device=dev)[None, :] >= steps[:, None]
         rmat = hess[:, :used, :used].clone()
         rmat.masked_fill_(tail[:, None, :], 0)
-        diag = torch.arange(used)
-        rmat[:, diag, diag] = torch.where(tail, torch.ones((), dtype=cdt), rmat[:, diag, diag])
+        diag = torch.arange(used, device=dev)
+        rmat[:, diag, diag] = torch.where(tail, torch.ones((), dtype=cdt, device=dev), rmat[:, diag, diag])
         rhs = g[:, :used].masked_fill(tail, 0)
         y = torch.linalg.solve_triangular(rmat, rhs.unsqueeze(-1), upper=True).squeeze(-1)
         x[pending] += torch.matmul(y.unsqueeze(1), basis[:, :used]).squeeze(1)
         rnorm[pending[~live]] = estimate[~live]
         restart_rows = pending[live]
         if restart_rows.numel():
-            r[restart_rows] = b[restart_rows] - x[restart_rows] - apply_k(x[restart_rows])
+            r[restart_rows] = b[restart_rows] - x[restart_rows] - apply(x[restart_rows], restart_rows)
             rnorm[restart_rows] = _norms(r[restart_rows])
 
 
