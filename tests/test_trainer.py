@@ -87,7 +87,7 @@ def test_resume_on_other_data_is_refused(stopped_run, tmp_path):
         t.resume(Path(t.cfg.run_dir) / "checkpoints" / "last.pt")
 
 
-def test_results_report_psnr_with_min(stopped_run):
+def test_results_json_psnr_with_min(stopped_run):
     results = json.loads((Path(load_config(stopped_run, TrainConfig).run_dir) / "results.json").read_text())
     for split in ("val", "test"):
         psnr = results["errors"][split]["psnr"]

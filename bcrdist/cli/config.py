@@ -16,10 +16,11 @@ from bcrdist.errors import ConfigError
 
 def config_tables() -> dict[str, type]:
     """The configs docs/configuration.md tables, by the name of their `<!-- keys:NAME -->` block."""
+    from bcrdist.launch.matrix_spec import Spec
     from bcrdist.physics.generation_config import GenerationConfig
     from bcrdist.train.config import TrainConfig
 
-    return {"train": TrainConfig, "data": GenerationConfig}
+    return {"train": TrainConfig, "data": GenerationConfig, "matrix": Spec}
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

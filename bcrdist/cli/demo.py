@@ -4,11 +4,12 @@
    resumes if present),
 2. statistics and, when the data set has none yet, splits (`bcrdist stats`, `bcrdist split`; the steps are
    numbered as they run, 1/6 … 6/6 with the splits step, 1/5 … 5/5 without),
-3. train with NPROC processes (torchrun, as `python -m torch.distributed.run --standalone --nproc-per-node NPROC
-   -m bcrdist train ... --resume auto`, so the same interpreter runs every step),
+3. train with NPROC processes (`torchrun --standalone --nproc-per-node NPROC -m bcrdist train ... --resume auto`),
 4. evaluate on the test split with plots (`bcrdist evaluate`),
 5. the linear Born-inversion baseline on the same split (`bcrdist baseline`),
-then print where the plots and results are and the errors reached. Every command is printed before it runs.
+then print where the plots and results are and the errors reached. Every command is printed before it runs;
+commands are launched by the rule `bcrdist matrix` uses as well (`bcrdist.launch.steps`: this environment's
+`bcrdist`, `torchrun` and `mpiexec`, so the same interpreter runs every step).
 The configs come with the package (`find_config`), so the demo runs from an installed wheel anywhere;
 `--dir DIR` puts the data and the run directory inside DIR.
 """
@@ -16,18 +17,14 @@ The configs come with the package (`find_config`), so the demo runs from an inst
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
-import shlex
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from bcrdist.config import find_config, load_config
 from bcrdist.errors import BcrdistError
+from bcrdist.launch.steps import launch_prefix, run_command, shown
 from bcrdist.train.config import TrainConfig
 
 class StepFailed(BcrdistError):
@@ -52,13 +49,13 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def step(title: str, cmd: list[str]) -> None:
-    print(f"\n== {title}\n$ {shlex.join(cmd)}", flush=True)
+    print(f"\n== {title}\n$ {shown(cmd)}", flush=True)
     t0 = time.time()
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    result = subprocess.run(cmd, env=env)
-    if result.returncode != 0:
-        raise StepFailed(f"step '{title}' failed with exit status {result.returncode}: {shlex.join(cmd)}")
+    status = run_command(cmd, env)
+    if status != 0:
+        raise StepFailed(f"step '{title}' failed with exit status {status}: {shown(cmd)}")
     print(f"   ({time.time() - t0:.0f} s)", flush=True)
 
 
@@ -71,9 +68,7 @@ def run_demo(args: argparse.Namespace) -> int:
     cfg = load_config(config, TrainConfig, args.overrides)
     data, run_dir = _inside(args.dir, cfg.data.path), _inside(args.dir, cfg.run_dir)
     overrides = list(args.overrides) + ([f"data.path={data}", f"run_dir={run_dir}"] if args.dir else [])
-    py = [sys.executable, "-m", "bcrdist"]
-    bindir = Path(sys.executable).parent
-    mpiexec = shutil.which("mpiexec", path=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+    py = launch_prefix("stats", 1)
     t0 = time.time()
     # the splits step runs only when the data set has none yet: the steps are numbered as they run
     write_splits = not (data / "splits" / "train.json").is_file()
@@ -83,17 +78,14 @@ def run_demo(args: argparse.Namespace) -> int:
     def numbered(title: str) -> str:
         return f"{next(numbers)}/{total} {title}"
 
-    gen = py + ["generate", "--config", str(data_config), "--out", str(data)]
+    gen = launch_prefix("generate", args.nproc) + ["generate", "--config", str(data_config), "--out", str(data)]
     gen += [a for kv in args.data_overrides for a in ("--set", kv)]
-    if args.nproc > 1 and mpiexec and importlib.util.find_spec("mpi4py") is not None:
-        gen = [mpiexec, "-n", str(args.nproc)] + gen
     step(numbered("generate the data set"), gen)
     step(numbered("statistics"), py + ["stats", str(data)])
     if write_splits:
         step(numbered("splits"), py + ["split", str(data), "--percent", "0.8", "--val", str(args.val)])
 
-    train = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
-             "-m", "bcrdist", "train", "--config", str(config), "--resume", "auto"]
+    train = launch_prefix("train", args.nproc) + ["train", "--config", str(config), "--resume", "auto"]
     train += [a for kv in overrides for a in ("--set", kv)]
     step(numbered(f"train BCR-Net with {args.nproc} processes"), train)
 

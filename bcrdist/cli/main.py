@@ -36,6 +36,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "split": ("bcrdist.cli.data", "write train/val/test split files for a sharded data set"),
     "stats": ("bcrdist.cli.data", "compute per-field min/max/mean/std and store them in the manifest"),
     "baseline": ("bcrdist.cli.baseline", "Tikhonov-regularised Born inversion baseline on a split"),
+    "matrix": ("bcrdist.cli.matrix", "an accuracy matrix from one spec: its steps here or as Slurm jobs, then its "
+                                     "section of docs/results.md"),
     "config": ("bcrdist.cli.config", "list the config keys (type, default, meaning); write the reference tables"),
 }
 
