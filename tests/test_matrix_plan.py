@@ -126,6 +126,12 @@ def test_a_parseable_but_incomplete_output_is_not_a_finished_step(tmp_path):
         assert why in outputs.scores_problem(out, data=data, split="test", noise=0.0, metrics=["rel_l2"])
     out.write_text("{}")
     assert outputs.scores_problem(out, data=data, split="test", noise=0.0, metrics=["rel_l2"]) is not None
+    out.write_text(json.dumps(good))
+    checkpoint = tmp_path / "best.pt"
+    checkpoint.write_bytes(b"w")
+    os.utime(out, (1e9, 1e9))               # scores older than the checkpoint: it was trained again since
+    assert "older than" in outputs.scores_problem(out, data=data, split="test", noise=0.0, metrics=["rel_l2"],
+                                                  checkpoint=checkpoint)
     run = tmp_path / "run"
     run.mkdir()
     (run / "results.json").write_text("{}")
@@ -153,7 +159,13 @@ def test_two_launches_on_one_work_folder_are_refused(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 3 and "another launch is using this work folder" in out.stdout
     assert f"pid {os.getpid()}" in out.stdout
+    # `matrix status` names the holder (from another process: a POSIX lock is the process's own)
+    ask = "import sys; from pathlib import Path; from bcrdist.launch.matrix import WorkLock; print(WorkLock(Path(sys.argv[1])).holder())"
+    out = subprocess.run([sys.executable, "-c", ask, str(tmp_path)], capture_output=True, text=True)
+    assert out.stdout.startswith(f"pid {os.getpid()} on ")
     held.release()
+    out = subprocess.run([sys.executable, "-c", ask, str(tmp_path)], capture_output=True, text=True)
+    assert out.stdout.strip() == "None"
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout
 

@@ -142,8 +142,9 @@ class Matrix:
             for m in s.methods:
                 for run in self.runs_of(m):
                     out = self.output(m, c, run)
-                    check = (lambda path=out, c=c: outputs.scores_problem(
-                        path, data=c.data, split=c.split, noise=c.noise, metrics=s.metrics))
+                    check = (lambda path=out, c=c, run=run: outputs.scores_problem(
+                        path, data=c.data, split=c.split, noise=c.noise, metrics=s.metrics,
+                        checkpoint=None if run is None else run.checkpoint))
                     if run is None:
                         args = ["baseline", "--data", c.data, "--split", c.split, "--val-data", data, "--val-split",
                                 "val", *noise, *m.args, "--out", out]
@@ -221,6 +222,22 @@ class WorkLock:
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
                           f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
         self.fd = fd
+
+    def holder(self) -> str | None:
+        """Who holds the lock now (its pid, host and start), or None when no launch does; writes nothing."""
+        if not self.path.is_file() or self.path.is_symlink():
+            return None
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return os.pread(fd, 400, 0).decode(errors="replace").strip() or "holder unknown"
+        finally:
+            os.close(fd)
+        return None
 
     def release(self) -> None:
         if self.fd is not None:

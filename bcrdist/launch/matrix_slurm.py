@@ -192,6 +192,10 @@ def print_status(matrix: Matrix) -> int:
     check_graph(matrix)
     Ledger(matrix.work, matrix.spec.name)           # refuses a work folder of another spec
     states = step_states(matrix, JobRecord(matrix.work, matrix.spec.name))
+    holder = WorkLock(matrix.work).holder()
+    if holder:
+        print(f"# a launch is running in {matrix.work} ({holder}): a step it is running shows as missing until "
+              f"its outputs validate", flush=True)
     width = max(len(s.name) for s in matrix.steps)
     for step in matrix.steps:
         st = states[step.name]

@@ -89,12 +89,16 @@ def training_problem(run: Path) -> str | None:
     return None
 
 
-def scores_problem(path: Path, *, data: Path, split: str, noise: float, metrics: list[str]) -> str | None:
+def scores_problem(path: Path, *, data: Path, split: str, noise: float, metrics: list[str],
+                   checkpoint: Path | None = None) -> str | None:
     """An evaluation's metrics.json or a baseline's JSON: made on `data`'s `split` at `noise`, every metric of
-    `metrics` with a finite mean over every sample of the split."""
+    `metrics` with a finite mean over every sample of the split, and (an evaluation) after `checkpoint` was
+    written: a network trained again makes its old scores stale."""
     doc, problem = read_json(path)
     if problem:
         return problem
+    if checkpoint is not None and checkpoint.is_file() and checkpoint.stat().st_mtime > Path(path).stat().st_mtime:
+        return f"{path}: older than {checkpoint} (the network was trained again)"
     if str(doc.get("split")) != split or Path(str(doc.get("data"))) != Path(data):
         return f"{path}: scores {doc.get('data')} split {doc.get('split')}, expected {data} split {split}"
     if not isinstance(doc.get("noise"), (int, float)) or not math.isclose(float(doc["noise"]), noise,
