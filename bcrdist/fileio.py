@@ -14,13 +14,16 @@ final name that is a link replaces the link itself, never its target.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import io
 import json
 import math
 import os
 import pathlib
+import socket
 import stat
+import time
 from typing import Any, BinaryIO, Callable
 
 PathLike = str | os.PathLike
@@ -133,6 +136,63 @@ def open_nofollow(path: PathLike, mode: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+class LockBusy(Exception):
+    """Another process holds the lock; `holder` is what it wrote into the file (pid, host, since when)."""
+
+    def __init__(self, holder: str):
+        super().__init__(holder)
+        self.holder = holder
+
+
+# lockf's answers of a file system that does not lock (some NFS mounts without lockd)
+_NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
+
+
+def take_lock(path: PathLike) -> int | None:
+    """Hold the exclusive lock (fcntl.lockf) on the file `path` without waiting, the file created when missing
+    and never opened through a link (NotFollowedError); then write "pid P on HOST, since TIME" into it. Returns
+    the descriptor (closing it, or the process ending in any way, releases the lock), None on a file system that
+    does not lock; raises LockBusy when another process holds it."""
+    fd = open_nofollow(path, "update")
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 400, 0).decode(errors="replace").strip()
+        # closing our descriptor cannot release a lock this process does not hold
+        os.close(fd)
+        if exc.errno in (errno.EACCES, errno.EAGAIN):
+            raise LockBusy(holder) from None
+        if exc.errno in _NO_LOCKS:
+            return None
+        raise
+    # never truncate before holding the lock: that would erase the holder's name
+    info = f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, info.encode(), 0)
+    os.fsync(fd)
+    return fd
+
+
+def lock_holder(path: PathLike) -> str | None:
+    """Who holds the lock on `path` now (what `take_lock` wrote), or None when nobody does; creates and writes
+    nothing. Ask from a process that does not hold it: closing a descriptor drops this process's own locks."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EAGAIN):
+            return os.pread(fd, 400, 0).decode(errors="replace").strip() or "holder unknown"
+        return None
+    finally:
+        os.close(fd)
+    return None
 
 
 def temp_path(final: pathlib.Path) -> pathlib.Path:

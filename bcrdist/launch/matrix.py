@@ -12,16 +12,12 @@ held by a launch while it runs (local) or submits (slurm): two launches on one w
 from __future__ import annotations
 
 import dataclasses
-import errno
-import fcntl
 import os
-import socket
 import sys
-import time
 from pathlib import Path
 
 from bcrdist.errors import BcrdistError, shown
-from bcrdist.fileio import NotFollowedError, atomic_write_json, open_nofollow
+from bcrdist.fileio import LockBusy, NotFollowedError, atomic_write_json, lock_holder, take_lock
 from bcrdist.launch import outputs
 from bcrdist.launch.matrix_spec import MethodSpec, Spec
 from bcrdist.launch.steps import Step, local_command, run_command, shown as shown_command
@@ -203,41 +199,16 @@ class WorkLock:
 
     def acquire(self) -> None:
         try:
-            fd = open_nofollow(self.path, "update")
+            self.fd = take_lock(self.path)
         except NotFollowedError as exc:
             raise MatrixError(str(exc)) from None
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(fd, 400, 0).decode(errors="replace").strip()
-            os.close(fd)
-            if exc.errno in (errno.EACCES, errno.EAGAIN):
-                raise MatrixError(f"{self.path}: another launch is using this work folder "
-                                  f"({holder or 'holder unknown'}); wait for it to end") from None
-            if exc.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            fd = None       # a file system without locks: nothing to hold
-        if fd is not None:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
-                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
-        self.fd = fd
+        except LockBusy as busy:
+            raise MatrixError(f"{self.path}: another launch is using this work folder "
+                              f"({busy.holder or 'holder unknown'}); wait for it to end") from None
 
     def holder(self) -> str | None:
         """Who holds the lock now (its pid, host and start), or None when no launch does; writes nothing."""
-        if not self.path.is_file() or self.path.is_symlink():
-            return None
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW)
-        except OSError:
-            return None
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return os.pread(fd, 400, 0).decode(errors="replace").strip() or "holder unknown"
-        finally:
-            os.close(fd)
-        return None
+        return lock_holder(self.path)
 
     def release(self) -> None:
         if self.fd is not None:

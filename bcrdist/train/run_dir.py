@@ -35,11 +35,8 @@ broadcasts the outcome so that every rank goes on or stops together.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +45,7 @@ import yaml
 
 from bcrdist.config import to_dict, value_text
 from bcrdist.errors import BcrdistError
-from bcrdist.fileio import NotFollowedError, check_write_target, open_nofollow
+from bcrdist.fileio import LockBusy, NotFollowedError, check_write_target, take_lock
 from bcrdist.models.checkpoint import load_checkpoint
 from bcrdist.train.run_log import LOG_NAMES
 
@@ -83,30 +80,15 @@ class RunLock:
 
     def acquire(self) -> bool:
         try:
-            fd = open_nofollow(self.path, "update")
+            fd = take_lock(self.path)
         except NotFollowedError as exc:
             raise RunDirError(f"{exc}; {NOT_OWN_FILE}") from None
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(fd, 400, 0).decode(errors="replace").strip()
-            # closing our descriptor cannot release a lock this process does not hold
-            os.close(fd)
-            if exc.errno in (errno.EACCES, errno.EAGAIN):
-                raise RunDirError(f"{self.path}: another training is using this run directory "
-                                  f"({holder or 'holder unknown: it has not written its pid yet'}); wait for it "
-                                  f"to end, or train into another run_dir") from None
-            if exc.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                return False
-            raise
-        # never truncate before holding the lock: that would erase the holder's name
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        info = f"pid {os.getpid()} on {socket.gethostname()}, since {stamp}\n".encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, info, 0)
-        os.fsync(fd)
+        except LockBusy as busy:
+            raise RunDirError(f"{self.path}: another training is using this run directory "
+                              f"({busy.holder or 'holder unknown: it has not written its pid yet'}); wait for it "
+                              f"to end, or train into another run_dir") from None
         self._fd = fd
-        return True
+        return fd is not None
 
     def release(self) -> None:
         if self._fd is not None:
