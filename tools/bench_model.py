@@ -17,6 +17,22 @@ Python or the autograd engine, views excluded; on CUDA also the device kernels) 
 was live before it. `--train-steps` adds a short training run of fp32 against bf16 autocast on a synthetic
 teacher task (a second, randomly initialised BCR-Net gives the targets), reporting the relative error each
 reaches. `--out FILE` also writes the results as JSON.
+
+    python tools/bench_model.py --network NAME[,NAME…|all] [--size 100] [--batch 32] [--rounds 3] [--steps 1]
+                                [--alpha A] [--profile K] [--device cpu]
+
+`--network` measures the train step of registered networks (`bcrdist config networks`) at the study's shape
+instead: input the SIZE × SIZE far field (its real part for BCR-Net, as the study's; Re and Im concatenated for
+the others), a SIZE × SIZE image target on the study's grid (nodes of [−1, 1]², κ = 16), each network at the
+study's sizes (BCR-Net: bcrdist/configs/study_full_bcrnet.yaml, α = 128, N_cnn 6, N_cnn3 5, L = 2, zero
+padding, or `--alpha`; the others: their defaults, the study's at 100 × 100), inside `ScatteringModel` with the
+trainer's optimizer (NAdam), fp32, MSE on the output. A Born-based network gets its damped least-squares layer
+(cnnb, study_bcnn) or a Tikhonov layer of fixed λ (bcnn: the run would choose λ on validation; the cost does not
+depend on it). The networks take turns as the variants above; per network it prints the parameters, GFLOP per
+sample of a train step (forward + backward by FlopCounterMode, counted on two samples; a Born layer's
+products included), ms per sample (median of the rounds, min–max), the arithmetic rate and its fraction of the
+fp32 matmul roofline measured in the same run. `--profile K` then profiles one step of each network
+(torch.profiler, CPU) and prints its K operators of largest self time, with their input shapes.
 """
 
 from __future__ import annotations
@@ -42,11 +58,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import torch_reference as ref  # noqa: E402
-from bcrdist.models import BCRNet  # noqa: E402
+from bcrdist.config import load_config  # noqa: E402
+from bcrdist.errors import ConfigError  # noqa: E402
+from bcrdist.models import BCRNet, network_class, network_names  # noqa: E402
+from bcrdist.models.registry import NetworkIO  # noqa: E402
+from bcrdist.models.scattering import ScatteringModel  # noqa: E402
+from bcrdist.physics.born_definition import BornDefinition  # noqa: E402
+from bcrdist.physics.layout import GridInfo  # noqa: E402
 from bcrdist.train.config import TrainConfig  # noqa: E402
 from bcrdist.train.optim import make_optimizer  # noqa: E402
 
 LR = 1e-3
+# the packaged training configs of networks whose study sizes are not their defaults
+STUDY_CONFIGS = {"bcrnet": "study_full_bcrnet.yaml"}
+BCNN_LAMBDA = 1e-2  # bcrdist's BCNN: a fixed Tikhonov λ (a run fits it on validation; the step's cost is the same)
 
 
 def sync(device: torch.device) -> None:
@@ -294,12 +319,13 @@ def bf16_training(args, device: torch.device) -> dict:
         runs[label] = Variant(label, net, lambda m, v: m(v), make_optimizer(cfg, net.parameters(), LR), dtype,
                               device)
     order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(6))
+    losses = {label: [] for label in runs}
     for step in range(args.train_steps):
         idx = order[(step * batch) % len(x_train):][:batch]
-        for v in runs.values():
+        for label, v in runs.items():
             sync(device)
             t0 = time.perf_counter()
-            v.step(x_train[idx], y_train[idx])
+            losses[label].append(v.step(x_train[idx], y_train[idx]))
             sync(device)
             v.times.append(time.perf_counter() - t0)
     result = {}
@@ -313,6 +339,117 @@ def bf16_training(args, device: torch.device) -> dict:
         ms = statistics.median(v.times[1:]) * 1e3
         result[label] = dict(train_rel_err=errs[0], val_rel_err=errs[1], ms_per_step=ms)
         print(f"{label:10} {errs[0]:15.4f} {errs[1]:13.4f} {ms:8.0f}")
+    # the loss curves: mean training loss (MSE, computed in fp32) over ten equal windows of the steps
+    windows = [range(i * args.train_steps // 10, (i + 1) * args.train_steps // 10) for i in range(10)]
+    windows = [w for w in windows if len(w)]
+    curves = {label: [float(torch.stack([loss[i] for i in w]).mean()) for w in windows]
+              for label, loss in losses.items()}
+    print(f"training loss, mean over windows of {len(windows[0])} steps (steps: end of window)")
+    print(f"{'steps':>6} {'fp32':>10} {'bf16':>10} {'bf16/fp32':>10}")
+    for w, a, b in zip(windows, curves["fp32"], curves["bf16"]):
+        print(f"{w[-1] + 1:6} {a:10.4f} {b:10.4f} {b / a:10.3f}")
+    for label in runs:
+        result[label]["loss_curve"] = curves[label]
+    return result
+
+
+def study_grid(n: int) -> GridInfo:
+    """The study's grid at n × n: far field on the endpoint direction grid, image at the nodes of [−1, 1]²."""
+    return GridInfo(k=16.0, angles="endpoint", n_obs=n, n_inc=n, target="cartesian", image_size=n,
+                    image_extent=2.0, image_points="nodes", image_index="xy", farfield_sign=1)
+
+
+def study_model(name: str, n: int, alpha: int | None) -> tuple[ScatteringModel, TrainConfig, tuple[int, int]]:
+    """Network `name` at the study's sizes for an n × n far field and an n × n image, inside ScatteringModel
+    (as the trainer runs it: a Born layer gets its units), its training config and its input shape (n, n) or
+    (n, 2n)."""
+    overrides = [f"model.type={name}"] + ([f"model.alpha={alpha}"] if alpha else [])
+    cfg = load_config(STUDY_CONFIGS.get(name), TrainConfig, overrides)
+    cls = network_class(name)
+    complex_input = cls.input_parts == "complex"
+    io = NetworkIO(n_input=(n, 2 * n if complex_input else n), n_output=(n, n),
+                   parts="complex" if complex_input else "real", target_kind="cartesian", periodic=False)
+    section = getattr(cfg.model, cls.config_section) if cls.config_section else cfg.model
+    config = cls.resolve(section, io)
+    net = cls(**config)
+    request = cls.born_request(section, config)
+    if request is not None:
+        parameter = request.get("damp") or request.get("lam") or BCNN_LAMBDA
+        net.set_born(BornDefinition(study_grid(n), request["method"], parameter, request.get("norm")), {})
+    model = ScatteringModel(net, antipodal=False, use_imag=complex_input, input="farfield", target="image")
+    return model, cfg, io.n_input
+
+
+def profile_step(v: Variant, x, y, top: int) -> list[dict]:
+    """The `top` operators of largest self CPU time in one step (grouped by name and input shapes)."""
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        v.step(x, y)
+    stats = prof.key_averages(group_by_input_shape=True)
+    total = sum(e.self_cpu_time_total for e in stats)
+    rows = sorted(stats, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return [dict(op=e.key, shapes=str(e.input_shapes)[:90], calls=e.count, self_ms=e.self_cpu_time_total / 1e3,
+                 share=e.self_cpu_time_total / total) for e in rows]
+
+
+def bench_networks(args, device: torch.device) -> dict:
+    """The train step of each network of `--network` at the study's shape, interleaved (module docstring)."""
+    names = network_names() if args.network == "all" else args.network.split(",")
+    n, batch = args.size, args.batch
+    gen = torch.Generator().manual_seed(1)
+    y = torch.randn(batch, n, n, generator=gen).to(device)
+    variants, inputs, flops, params = [], {}, {}, {}
+    for name in names:
+        torch.manual_seed(0)
+        model, cfg, shape = study_model(name, n, args.alpha)
+        model.to(device)
+        v = Variant(name, model, lambda m, x: m(x), make_optimizer(cfg, model.parameters(), LR), None, device)
+        inputs[name] = torch.randn(batch, *shape, generator=gen).to(device)
+        params[name] = sum(p.numel() for p in model.parameters())
+        # counted on two samples (a step's FLOPs are linear in the batch), which saves a full step per network
+        flops[name] = step_flops(v, inputs[name][:2], y[:2]) * batch // 2
+        variants.append(v)
+    peak32 = [matmul_gflops(device, torch.float32)]
+    for v in variants:  # warm-up
+        v.step(inputs[v.name], y)
+    for _ in range(args.rounds):
+        for v in variants:
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                v.step(inputs[v.name], y)
+            sync(device)
+            v.times.append((time.perf_counter() - t0) / args.steps)
+        peak32.append(matmul_gflops(device, torch.float32, repeats=2))
+    roof = max(peak32)  # other jobs only ever lower it
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"\n{name}: train step at {n}×{n} → {n}×{n}, batch {batch}, fp32, MSE + backward + NAdam; fp32 matmul "
+          f"roofline {roof:.0f} GFLOP/s (best of {len(peak32)}, one before and one in each round; range "
+          f"{fmt_range(peak32)}); {args.rounds} rounds × {args.steps} steps, networks interleaved")
+    print(f"{'network':11} {'parameters':>11} {'input':>9} {'GFLOP/sample':>13} {'ms/sample':>10} {'min–max':>13} "
+          f"{'samples/s':>10} {'GFLOP/s':>8} {'roofline':>9}")
+    rows = []
+    for v in variants:
+        med = statistics.median(v.times)
+        gflop = flops[v.name] / batch / 1e9
+        rate = flops[v.name] / med / 1e9
+        rows.append(dict(network=v.name, parameters=params[v.name], input=list(inputs[v.name].shape[1:]),
+                         gflop_per_sample=gflop, ms_per_sample=med / batch * 1e3,
+                         ms_per_sample_min=min(v.times) / batch * 1e3, ms_per_sample_max=max(v.times) / batch * 1e3,
+                         samples_per_s=batch / med, gflops=rate, roofline=rate / roof))
+        r = rows[-1]
+        shape = "×".join(str(s) for s in r["input"])
+        print(f"{r['network']:11} {r['parameters']:>11,} {shape:>9} {gflop:13.3f} {r['ms_per_sample']:10.2f} "
+              f"{r['ms_per_sample_min']:6.2f}–{r['ms_per_sample_max']:<6.2f} {r['samples_per_s']:10.1f} "
+              f"{rate:8.1f} {r['roofline']:8.1%}")
+    result = dict(device=name, fp32_matmul_gflops=peak32, rows=rows)
+    if args.profile:
+        result["profiles"] = {}
+        for v in variants:
+            top = profile_step(v, inputs[v.name], y, args.profile)
+            result["profiles"][v.name] = top
+            print(f"\n{v.name}: top {args.profile} operators of one step by self CPU time (share of the step's)")
+            for t in top:
+                print(f"  {t['op']:42} {t['self_ms']:9.1f} ms {t['share']:6.1%} {t['calls']:5}× {t['shapes']}")
     return result
 
 
@@ -332,8 +469,15 @@ def cpu_description() -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", type=int, default=128, help="Ns = Nd = Nt = Nr")
-    p.add_argument("--alpha", type=int, default=40)
+    p.add_argument("--size", type=int, default=None,
+                   help="Ns = Nd = Nt = Nr (default 128; with --network 100, the study's)")
+    p.add_argument("--alpha", type=int, default=None,
+                   help="BCR-Net's α (default 40; with --network the study's 128)")
+    p.add_argument("--network", default=None,
+                   help="registered networks (comma-separated, or 'all') at the study's shape instead of the "
+                        "old-vs-new BCR-Net comparison")
+    p.add_argument("--profile", type=int, default=0, metavar="K",
+                   help="with --network: the K operators of largest self time in one step of each network")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--steps", type=int, default=2, help="steps per variant and round")
@@ -359,13 +503,31 @@ def main() -> int:
             print("bench_model: error: --device cuda but CUDA is not available", file=sys.stderr)
             return 2
         devices.remove("cuda")
+    if args.network is not None:
+        for name in ([] if args.network == "all" else args.network.split(",")):
+            try:
+                network_class(name, "--network")
+            except ConfigError as exc:
+                print(f"bench_model: error: {exc}", file=sys.stderr)
+                return 2
+        args.size = args.size or 100
+    else:
+        args.size, args.alpha = args.size or 128, args.alpha or 40
     n = args.size
-    print(f"BCR-Net α = {args.alpha}, {n}×{n} → {n}×{n}, batch {args.batch}, fp32 weights, MSE + backward + "
+    what = f"networks {args.network}" if args.network is not None else f"BCR-Net α = {args.alpha}"
+    print(f"{what}, {n}×{n} → {n}×{n}, batch {args.batch}, fp32 weights, MSE + backward + "
           f"NAdam; torch {torch.__version__}, {torch.get_num_threads()} CPU threads; {cpu_description()}; "
           f"load average {os.getloadavg()[0]:.2f}")
     results = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "devices": []}
     for name in devices:
         device = torch.device(name)
+        if args.network is not None:
+            try:
+                results["devices"].append(bench_networks(args, device))
+            except ConfigError as exc:  # a size a network cannot take
+                print(f"bench_model: error: {exc}", file=sys.stderr)
+                return 2
+            continue
         results["devices"].append(bench_device(args, device))
         if args.train_steps:
             results["devices"][-1]["bf16_training"] = bf16_training(args, device)

@@ -255,7 +255,7 @@ stage "2 CPU vs GPU equality (TF32 off)" 60 equality
 stage "3 train step benchmark" 290 "$PY" tools/bench_model.py --device "$DEVICE" --size "$SIZE" --alpha "$ALPHA" \
     --rounds "$ROUNDS" --steps "$STEPS" --no-old-bf16 --train-steps "$TRAIN_STEPS" --train-size "$TRAIN_SIZE" \
     --out "$OUT/bench_model.json"
-stage "3b train step of every network at the study's shape" 150 "$PY" tools/bench_model.py --network all \
+stage "3b train step of every network at the study's shape" 240 "$PY" tools/bench_model.py --network all \
     --device "$DEVICE" "${NETWORK_ARGS[@]}" --out "$OUT/bench_networks.json"
 stage "4 DDP over $BACKEND, 1 process (torchrun)" 70 ddp_check
 stage "5 bcrdist train through torchrun" 50 "$PY" tools/bench_train.py --ranks 1 --torchrun --no-compile \
