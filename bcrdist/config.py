@@ -2,8 +2,8 @@
 
 Every config section is a dataclass; `load_config(path, cls, overrides)` reads the YAML, applies
 `key.sub=value` overrides (values parsed as YAML scalars), rejects unknown keys (with the closest known key as
-a suggestion) and wrong types with a `ConfigError` naming the file and the dotted key (an unknown key of an
-override names the override, `--set KEY=VALUE`), and returns the dataclass instance.
+a suggestion) and wrong types with a `ConfigError` naming the file and the dotted key (an unknown key or a
+bad value that an override gave names the override, `--set KEY=VALUE`), and returns the dataclass instance.
 
 Each field is declared with `setting(default, help=..., low=..., high=...)` (or `section(Cls, help=...)` for
 a nested section): the one-line meaning and the range of a number live there once, the loader checks every
@@ -474,7 +474,27 @@ def load_config(path: str | Path | None, cls: type[T], overrides: list[str] | No
     try:
         return from_dict(cls, data)
     except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        override = override_blamed(str(exc), overrides)
+        raise ConfigError(f"{f'--set {override}' if override else source}: {exc}") from None
+
+
+# the dotted key a loader message is about: 'schedule.epochs: …', 'family.count[0]: …', "unknown key 'a.b' …"
+_MESSAGE_KEY = re.compile(r"^(?:(?:unknown|missing required) key ')?([A-Za-z_][\w-]*(?:\.[\w-]+)*)(?:\[\d+\])*[':]")
+
+
+def override_blamed(message: str, overrides: list[str] | None) -> str | None:
+    """The override `KEY=VALUE` (the last one, as it wins) that gave the value the loader's `message` is about:
+    KEY is the message's key or a section above it; None when the value came from the config file."""
+    match = _MESSAGE_KEY.match(message)
+    if match is None:
+        return None
+    key = match.group(1)
+    for item in reversed(overrides or []):
+        if "=" in item:
+            name = item.split("=", 1)[0].strip()
+            if key == name or key.startswith(name + "."):
+                return item
+    return None
 
 
 def to_dict(obj: Any) -> dict:

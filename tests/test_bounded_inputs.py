@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,6 +192,54 @@ def test_initial_weights_of_another_size_are_one_line(tmp_path, trained):
                    "is [3, 8, 1] in the checkpoint, [4, 8, 1] in the model")
 
 
+def tree(folder: Path) -> tuple[list[str], dict[str, str]] | None:
+    """Every path under `folder` (empty folders too) and every file's digest; None when it does not exist."""
+    return (sorted(str(p.relative_to(folder)) for p in folder.rglob("*")), digests(folder)) if folder.exists() else None
+
+
+@pytest.mark.parametrize("case", ["no train split", "no validation split", "initial weights not found",
+                                  "initial weights not a checkpoint", "initial weights of another size"])
+def test_late_refusals_come_before_the_run_directory_is_claimed(tmp_path, capsys, trained, case):
+    """Issue 21: a missing split file and refused schedule.initial_weights were reported after the run
+    directory was claimed (train.lock, train.log written). Now the plan refuses them: one line, status 2, a
+    run directory that did not exist still does not, one that did is unchanged (no lock, no log)."""
+    _, data, config, run = trained
+    ds, sets = tmp_path / "ds", []
+    shutil.copytree(data, ds)
+    if case == "no train split":
+        (ds / "splits" / "train.json").unlink()
+        expected = f"{ds / 'splits' / 'train.json'}: training split not found; make splits with"
+    elif case == "no validation split":
+        (ds / "splits" / "val.json").unlink()
+        expected = f"{ds / 'splits' / 'val.json'}: validation split not found; make one with"
+    else:
+        weights = {"initial weights not found": tmp_path / "absent.pt",
+                   "initial weights not a checkpoint": tmp_path / "notes.pt",
+                   "initial weights of another size": run / "checkpoints" / "best.pt"}[case]
+        (tmp_path / "notes.pt").write_text("not a checkpoint\n")
+        sets = ["schedule.initial_batch_size=8", f"schedule.initial_weights={weights}"]
+        sets += ["model.alpha=4"] if case.endswith("another size") else []
+        expected = {"initial weights not found": f"schedule.initial_weights: {weights}: checkpoint not found",
+                    "initial weights not a checkpoint": f"{weights}: not a readable bcrdist checkpoint",
+                    "initial weights of another size": f"schedule.initial_weights: {weights}: the weights do not fit "
+                                                       f"the model: "}[case]
+    args = ["train", "--config", config, "--set", f"data.path={ds}", *[a for s in sets for a in ("--set", s)]]
+    new, old = tmp_path / "new-run", tmp_path / "old-run"
+    rc, _, err = cli(capsys, *args, "--set", f"run_dir={new}")
+    assert rc == 2 and one_error_line(err, expected) and not new.exists()
+    (old / "notes").mkdir(parents=True)
+    (old / "notes" / "kept.txt").write_text("the owner's file\n")
+    before = tree(old)
+    rc, _, err = cli(capsys, *args, "--set", f"run_dir={old}", "--resume", "auto")
+    assert rc == 2 and one_error_line(err, expected) and tree(old) == before
+    if case == "no train split":        # under torchrun: rank 0 plans before it claims, every rank stops
+        result = limited([*args, "--nproc", 2, "--set", f"run_dir={new}"], timeout=240)
+        lines = set(result.stderr.strip().splitlines())          # each rank's own line: rank 0's decision
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert len(lines) == 1 and expected in lines.pop(), result.stderr
+        assert not new.exists()
+
+
 def test_a_resume_on_data_of_another_size_is_one_line(tmp_path, trained):
     _, _, config, run = trained
     other = make_dataset(tmp_path / "wider", n=96, per_shard=16, val=8, nd=10)
@@ -207,7 +256,7 @@ def test_a_resume_on_data_of_another_size_is_one_line(tmp_path, trained):
 @pytest.mark.parametrize("override", ["data.noise=1e30", "data.noise_max=1e300", "data.eval_noise=1001"])
 def test_noise_levels_are_bounded(capsys, override):
     rc, _, err = cli(capsys, "train", "--set", override, "--print", "data")
-    assert rc == 2 and one_error_line(err, f"config: {override.split('=')[0]}: must lie in [0, 1000]")
+    assert rc == 2 and one_error_line(err, f"--set {override}: {override.split('=')[0]}: must lie in [0, 1000]")
 
 
 @pytest.mark.parametrize("part", ["farfield.real", "farfield.imag"])

@@ -302,9 +302,14 @@ def test_string_choices_accept_plain_yaml_scalars(override, key, value):
     ("schedule.epochs=0", "schedule.epochs"),
 ])
 def test_validate_errors_name_the_key(tmp_path, override, key):
-    path = write(tmp_path, "seed: 1\n")
-    msg = config_error(load_config, path, TrainConfig, [override])
+    # the bad value in the file: the file and the key are named
+    path = write(tmp_path, yaml.safe_dump(apply_overrides({"seed": 1}, [override], "test")))
+    msg = config_error(load_config, path, TrainConfig)
     assert key in msg and str(path) in msg, msg
+    # the same value from --set: the override and the key, not the (valid) file (issue 21)
+    path = write(tmp_path, "seed: 1\n", name="valid.yaml")
+    msg = config_error(load_config, path, TrainConfig, [override])
+    assert msg.startswith(f"--set {override}: {key}: ") and str(path) not in msg, msg
 
 
 def test_nothing_to_train_is_an_error():
@@ -364,6 +369,32 @@ def test_an_unknown_override_key_names_the_override_not_the_file(tmp_path, capsy
     assert main(["train", "--config", str(path), "--set", "schedule.epoch=3"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("bcrdist train: error: --set schedule.epoch=3: unknown key"), err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("schedule.epochs=-1", "schedule.epochs: must be an integer ≥ 1, got -1"),
+    ("schedule.epochs=three", "schedule.epochs: expected an integer, got 'three'"),
+    ("schedule.pretrain_stages=[[1, -1]]", "schedule.pretrain_stages[0]: lr multiplier must be a finite number > 0"),
+    ("schedule={epochs: -2}", "schedule.epochs: must be an integer ≥ 1, got -2"),      # a section given whole
+])
+def test_a_bad_override_value_names_the_override_not_the_file(tmp_path, capsys, override, message):
+    # issue 21: `--set schedule.epochs=-1` was blamed on the (valid) config file
+    from bcrdist.cli import main
+
+    path = write(tmp_path, "seed: 1\nschedule: {patience: 3}\n")
+    msg = config_error(load_config, path, TrainConfig, ["seed=2", override, "optim.lr=0.01"])
+    assert msg.startswith(f"--set {override}: {message}") and str(path) not in msg, msg
+    run = tmp_path / "run"
+    assert main(["train", "--config", "configs/demo.yaml", "--set", f"run_dir={run}", "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"bcrdist train: error: --set {override}: {message}"), err
+    assert "demo.yaml" not in err and not run.exists()
+    # a later override of the same key wins, and is the one named; a bad value in the file is still the file's
+    msg = config_error(load_config, path, TrainConfig, ["schedule.epochs=3", "schedule.epochs=0"])
+    assert msg.startswith("--set schedule.epochs=0: schedule.epochs: "), msg
+    bad = write(tmp_path, "schedule: {epochs: -1}\n", name="bad.yaml")
+    msg = config_error(load_config, bad, TrainConfig, ["schedule.patience=3"])
+    assert msg.startswith(f"{bad}: schedule.epochs: must be an integer ≥ 1, got -1"), msg
 
 
 # ------------------------------------------------------------------------------ bcrdist train --print
@@ -448,7 +479,8 @@ CONFIGS = ROOT / "configs" if (ROOT / "configs").is_dir() else ROOT / "bcrdist" 
 def test_out_of_range_values_name_the_key_and_the_range(tmp_path, override, key, expect):
     path = write(tmp_path, "seed: 1\n")
     msg = config_error(load_config, path, TrainConfig, [override])
-    assert msg.startswith(f"{path}: {key}: ") and expect in msg and "\n" not in msg, msg
+    assert msg.startswith(f"--set {override}: {key}: ") and expect in msg and "\n" not in msg, msg   # issue 21
+    assert str(path) not in msg, msg
     key_path = write(tmp_path, yaml.safe_dump(apply_overrides({}, [override], "x")), "in_file.yaml")
     msg = config_error(load_config, key_path, TrainConfig)          # the same value written in the file
     assert msg.startswith(f"{key_path}: {key}: ") and expect in msg, msg
@@ -590,6 +622,7 @@ def test_train_cli_refuses_an_infinite_lr_before_writing_anything(tmp_path):
                           capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert proc.returncode == 2, proc
     err = proc.stderr.strip()
-    assert err == f"bcrdist train: error: {path}: optim.lr: must be a finite number > 0, got inf", proc.stderr
+    assert err == ("bcrdist train: error: --set optim.lr=.inf: optim.lr: must be a finite number > 0, "
+                   "got inf"), proc.stderr
     assert proc.stdout == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == before and not run_dir.exists()

@@ -1,10 +1,12 @@
 """The data-generation config (`bcrdist.physics.generation_config`): bad settings are one-line errors
-naming the file and key, from the loader and from `bcrdist generate`."""
+naming the file (or the `--set` that gave the value) and the key, from the loader and from `bcrdist generate`."""
+
+import copy
 
 import pytest
 
 from bcrdist.cli import main as cli_main
-from bcrdist.config import load_config
+from bcrdist.config import apply_overrides, load_config
 from bcrdist.errors import ConfigError
 from bcrdist.physics.generation_config import GenerationConfig
 from generation_helpers import TINY, write_config
@@ -35,9 +37,14 @@ def test_bad_config_is_one_line_error_naming_file_and_key(tmp_path, capsys, over
     path = write_config(tmp_path / "bad.yaml", TINY)
     with pytest.raises(ConfigError) as info:
         load_config(path, GenerationConfig, override)
-    # a key unknown to the config is blamed on the --set that gave it, any other bad value on the file
-    where = f"--set {override[0]}" if key.startswith("unknown key") else str(path)
-    assert where in str(info.value) and key in str(info.value)
+    # an unknown key or a bad value is blamed on the --set that gave it, not on the (valid) file
+    where = f"--set {override[0]}"
+    assert str(info.value).startswith(where + ": ") and key in str(info.value) and str(path) not in str(info.value)
+    if not key.startswith("unknown key"):       # the same value in the file: the file is named
+        in_file = write_config(tmp_path / "in_file.yaml", apply_overrides(copy.deepcopy(TINY), override, "test"))
+        with pytest.raises(ConfigError) as info:
+            load_config(in_file, GenerationConfig)
+        assert str(info.value).startswith(f"{in_file}: ") and key in str(info.value)
     assert cli_main(["generate", "--config", str(path), "--out", str(tmp_path / "out"), "--quiet",
                      *sum((["--set", o] for o in override), [])]) == 2
     err = capsys.readouterr().err.strip()

@@ -179,7 +179,7 @@ def test_a_timeout_must_be_a_positive_finite_number(key, value):
     with pytest.raises(ConfigError) as err:
         load_config(None, TrainConfig, [f"distributed.{key}={value}"])
     text = str(err.value)
-    assert text.startswith(f"config: distributed.{key}: ") and "\n" not in text, text
+    assert text.startswith(f"--set distributed.{key}={value}: distributed.{key}: ") and "\n" not in text, text
 
 
 def test_the_timeouts_default_to_30_and_10_minutes():
@@ -191,7 +191,8 @@ def test_the_timeouts_default_to_30_and_10_minutes():
 def test_the_cli_refuses_a_bad_timeout_with_one_line_and_status_2(capsys):
     assert main(["train", "--set", "distributed.timeout_s=0", "--print", "all"]) == 2
     err = capsys.readouterr().err
-    assert err == "bcrdist train: error: config: distributed.timeout_s: must be a finite number > 0, got 0.0\n"
+    assert err == ("bcrdist train: error: --set distributed.timeout_s=0: distributed.timeout_s: must be a finite "
+                   "number > 0, got 0.0\n")
 
 
 # ------------------------------------------------------------------ NCCL's environment

@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from bcrdist.models.checkpoint import load_checkpoint
-from train_helpers import ROOT, assert_same_weights, clean_env, final_weights, make_dataset, torchrun, write_config
+from train_helpers import (ROOT, assert_same_weights, clean_env, final_weights, finish, make_dataset, start_torchrun,
+                           torchrun, write_config)
 
 pytestmark = pytest.mark.slurm
 
@@ -189,15 +190,20 @@ def test_usr2_saves_requeues_and_resumes_to_the_uninterrupted_result(jobs, data,
     job = jobs.sbatch("--nodes=2", "--ntasks-per-node=1", "slurm/train.sbatch", str(cfg))
     log = tmp_path / "slurm" / f"slurm-{job}.out"
     jobs.track(job, log)
-    last = tmp_path / "slurm/checkpoints/last.pt"
-    signal_mid_run_and_check_requeue(jobs, job, last)
-    signalled_at = load_checkpoint(last)["progress"]["step"]
-    assert 20 <= signalled_at < 300, f"last.pt at step {signalled_at}: the run was not signalled mid-way"
-    jobs.release(job)
-
     # meanwhile, the same run without interruption
     full = write_config(tmp_path / "full.yaml", data, tmp_path / "full", schedule=sched)
-    torchrun(2, "train", "--config", str(full))
+    uninterrupted = start_torchrun(2, "train", "--config", full)
+    last = tmp_path / "slurm/checkpoints/last.pt"
+    try:
+        signal_mid_run_and_check_requeue(jobs, job, last)
+        signalled_at = load_checkpoint(last)["progress"]["step"]
+        assert 20 <= signalled_at < 300, f"last.pt at step {signalled_at}: the run was not signalled mid-way"
+        jobs.release(job)
+        finish(uninterrupted)
+    finally:
+        if uninterrupted.poll() is None:        # the test failed first: torchrun's agent stops its workers
+            uninterrupted.terminate()
+            uninterrupted.wait(timeout=180)
     jobs.wait_ok(job)
 
     text = log.read_text()

@@ -30,8 +30,8 @@ from bcrdist.train.model_setup import build_model
 from bcrdist.train.plan import make_plan
 from bcrdist.train.training_data import TrainingData
 from generation_helpers import demo_gaussian_config
-from train_helpers import (assert_same_weights, bcrdist as run_bcrdist, final_weights, kill_training_at_step,
-                           one_process, torchrun, write_config)
+from train_helpers import (assert_same_weights, bcrdist as run_bcrdist, final_weights, finish, kill_training_at_step,
+                           one_process, start_bcrdist, torchrun, write_config)
 
 TINY = {
     "cnn": {"type": "cnn", "cnn": {"channels": [4, 6], "widths": [24]}},
@@ -83,16 +83,22 @@ def test_two_rank_torchrun_training_evaluate_and_predict(data, tmp_path, network
     if born is not None:
         assert born["method"] == "lsqr" and results["model"]["born"]["damp"] == born["parameter"]
     out = tmp_path / "eval"
-    run_bcrdist("evaluate", "--checkpoint", str(best), "--data", str(data), "--out", str(out), "--plots", "1",
-                "--noise", "5", "--noise-model", "complex")
-    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
-    assert metrics["rel_l2"]["mean"] == pytest.approx(results["errors"]["test"]["rel_l2"]["mean"], rel=1e-4)
+    # evaluate, predict and (for a Born layer) the baseline are independent: they run at the same time
+    evaluating = start_bcrdist("evaluate", "--checkpoint", best, "--data", data, "--out", out, "--plots", "1",
+                               "--noise", "5", "--noise-model", "complex")
     # predict: the far field of the test samples, noise-free, through the CLI and through load_model
     F, target, index = load(data, "test", target="image")
     with h5py.File(tmp_path / "input.h5", "w") as fh:
         fh["farfield"] = F
-    run_bcrdist("predict", "--checkpoint", str(best), "--input", str(tmp_path / "input.h5"), "--out",
-                str(tmp_path / "pred.h5"))
+    predicting = start_bcrdist("predict", "--checkpoint", best, "--input", tmp_path / "input.h5", "--out",
+                               tmp_path / "pred.h5")
+    doc = tmp_path / "lsqr.json"
+    baseline = born and start_bcrdist("baseline", "--data", data, "--method", "lsqr", "--damp", born["parameter"],
+                                      "--out", doc)
+    finish(evaluating)
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert metrics["rel_l2"]["mean"] == pytest.approx(results["errors"]["test"]["rel_l2"]["mean"], rel=1e-4)
+    finish(predicting)
     with h5py.File(tmp_path / "pred.h5", "r") as fh:
         pred = fh["pred"][:]
     model = bcrdist.load_model(best)
@@ -100,9 +106,7 @@ def test_two_rank_torchrun_training_evaluate_and_predict(data, tmp_path, network
     np.testing.assert_allclose(pred, model.predict_eta(F), rtol=1e-5, atol=1e-6)
     if born is not None:
         # the network's Born layer (rebuilt on load) is `bcrdist baseline --method lsqr` at its damping
-        doc = tmp_path / "lsqr.json"
-        run_bcrdist("baseline", "--data", str(data), "--method", "lsqr", "--damp", str(born["parameter"]),
-                    "--out", str(doc))
+        finish(baseline)
         with torch.no_grad():
             eta = model.net.born(torch.from_numpy(network_input(F.real, F.imag)).float()).double()
         rel = float(relative_l2(eta, torch.from_numpy(target).double()).mean())
@@ -115,11 +119,13 @@ def test_a_killed_and_resumed_run_ends_with_the_uninterrupted_runs_weights(data,
     every 5), then `--resume auto`: the reader, the optimizer, the generators and a BatchNorm's statistics all
     continue where last.pt left them."""
     every = {"every_steps": 5}
-    run_bcrdist("train", "--config", str(config(tmp_path, data, "full", network, checkpoint=every)))
+    # the uninterrupted run (one thread, deterministic) goes on while the other is killed and resumed
+    full = start_bcrdist("train", "--config", config(tmp_path, data, "full", network, checkpoint=every))
     part = config(tmp_path, data, "part", network, checkpoint=every)
     killed_at = kill_training_at_step(part, tmp_path / "part", 5)
     assert killed_at["step"] % 4, "killed at an epoch boundary: the test wants the middle of an epoch"
     run_bcrdist("train", "--config", str(part), "--resume", "auto")
+    finish(full)
     assert "resumed from" in (tmp_path / "part" / "train.log").read_text()
     assert_same_weights(final_weights(tmp_path / "full"), final_weights(tmp_path / "part"), atol=0)
     a, b = (json.loads((tmp_path / name / "results.json").read_text())["errors"]["test"]["rel_l2"]["mean"]

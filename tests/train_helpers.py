@@ -99,6 +99,36 @@ def bcrdist(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", "bcrdist", *args], **kwargs)
 
 
+def start_bcrdist(*args: str) -> subprocess.Popen:
+    """`bcrdist ARGS` started in the background, as `bcrdist()` runs it; `finish()` waits for it. A test starts
+    its independent commands together, so that their start-ups (torch's import) overlap."""
+    return subprocess.Popen([sys.executable, "-m", "bcrdist", *map(str, args)], cwd=ROOT, env=clean_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def start_torchrun(nproc: int, *args: str) -> subprocess.Popen:
+    """`torchrun` as `torchrun()` runs it, started in the background; `finish()` waits for it."""
+    return subprocess.Popen([str(BIN / "torchrun"), "--standalone", f"--nproc-per-node={nproc}", "-m", "bcrdist",
+                             *map(str, args)], cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess:
+    """Wait for a command of `start_bcrdist` or `start_torchrun`; AssertionError (with its output) when it
+    failed, as `run`."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, proc.args))} failed ({result.returncode}):\n{out[-3000:]}\n"
+                             f"{err[-3000:]}")
+    return result
+
+
 def torchrun(nproc: int, *args: str, **kwargs) -> subprocess.CompletedProcess:
     return run([str(BIN / "torchrun"), "--standalone", f"--nproc-per-node={nproc}", "-m", "bcrdist", *args],
                **kwargs)

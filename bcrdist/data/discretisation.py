@@ -26,9 +26,7 @@ from bcrdist.config import from_dict
 from bcrdist.data.format import read_manifest, update_manifest
 from bcrdist.distributed.mpi import gather_or_raise, world
 from bcrdist.errors import BcrdistError, ConfigError, DataError
-from bcrdist.physics.discretisation import FINE_FACTOR, DiscretisationCheck
 from bcrdist.physics.generation_config import GenerationConfig
-from bcrdist.physics.solver import ConvergenceError
 
 DEFAULT_SAMPLES = 4
 RECORD_KEY = "discretisation"
@@ -55,6 +53,11 @@ def _summary(values: list[float]) -> dict | None:
 def compute_record(cfg: GenerationConfig, count: int, *, comm=None) -> dict | None:
     """The record of the module docstring for `count` samples of `cfg` (None when `count` is 0); collective
     under MPI (every rank returns it, or raises the first rank's error)."""
+    # the solver and the Mie series (SciPy) are imported here: `describe` and the checks, which `bcrdist stats`
+    # and `bcrdist verify` use, do not need them
+    from bcrdist.physics.discretisation import FINE_FACTOR, DiscretisationCheck
+    from bcrdist.physics.solver import ConvergenceError
+
     check_sample_count(count)
     if count == 0:
         return None

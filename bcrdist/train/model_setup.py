@@ -7,11 +7,15 @@ of the training data.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from bcrdist.distributed.collective import on_main
+from bcrdist.errors import DataError
+from bcrdist.models.checkpoint import load_weights
 from bcrdist.models.registry import network_class
 from bcrdist.models.scattering import ScatteringModel
 from bcrdist.train.born_fit import BornRequest, fit_born
-from bcrdist.train.plan import ModelPlan
+from bcrdist.train.plan import ModelPlan, RunPlan
 
 
 def model_from_plan(plan: ModelPlan) -> ScatteringModel:
@@ -21,6 +25,25 @@ def model_from_plan(plan: ModelPlan) -> ScatteringModel:
     return ScatteringModel(net, antipodal=plan.antipodal, use_imag=plan.use_imag, input=plan.input,
                            target=plan.target, data_input=plan.data_input, data_output=plan.data_output,
                            normalization=plan.normalization)
+
+
+def check_initial_weights(plan: RunPlan) -> RunPlan:
+    """`plan`, unless its model cannot take its `schedule.initial_weights` (no such file, not a checkpoint,
+    weights of another network or size): then one line, before the run directory is claimed. The weights are
+    loaded into the model as constructed, whose tensors are those of the fitted, normalised one (a Born
+    layer's matrices are not part of its state); the trainer loads them again into the model it builds."""
+    path = plan.model.initial_weights
+    if not path:
+        return plan
+    if not Path(path).is_file():
+        raise DataError(f"schedule.initial_weights: {path}: checkpoint not found")
+    model = model_from_plan(plan.model)
+    if path.endswith(".h5"):
+        from bcrdist.models.keras import load_keras_weights
+        load_keras_weights(model.net, path)
+    else:
+        load_weights(model, path, "schedule.initial_weights")
+    return plan
 
 
 def build_model(plan: ModelPlan, data, ctx) -> ScatteringModel:

@@ -286,21 +286,32 @@ def schedule_plan(cfg, world_size: int) -> SchedulePlan:
     return SchedulePlan(stages=stages, tracker=tracker, fixed_weight=fixed, test_weight=s.test_weight)
 
 
+def split_not_found(manifest, role: str, name: str) -> DataError:
+    """The one-line refusal of a run whose training or validation split file `name` does not exist."""
+    if role == "train":
+        return DataError(f"{split_path(manifest, name)}: training split not found; make splits with "
+                         f"`bcrdist split {manifest.root}` or set data.percent")
+    return DataError(f"{split_path(manifest, name)}: validation split not found; make one with "
+                     f"`bcrdist split {manifest.root} --val N` or set data.percent")
+
+
 def check_training_split(cfg, manifest, stages) -> None:
-    """Every stage's global batch fits in the training split (batches are full ones: a split smaller than one
-    batch trains on nothing); ConfigError naming the batch key. With `schedule.max_steps` only the first
-    stage's: a smoke run may stop before the later ones. The split's size comes from `data.percent`, or from
-    its file (read and checked here, a small JSON file); a missing file is left to the training data, which
-    names it."""
+    """The training and validation split files exist (DataError naming the missing one), and every stage's
+    global batch fits in the training split (batches are full ones: a split smaller than one batch trains on
+    nothing); ConfigError naming the batch key. With `schedule.max_steps` only the first stage's: a smoke run
+    may stop before the later ones. The split's size comes from `data.percent`, or from its file (read and
+    checked here, a small JSON file)."""
     d = cfg.data
+    if d.percent is None:
+        for role, name in (("train", d.train_split), ("val", d.val_split)):
+            if name != "all" and not split_path(manifest, name).is_file():
+                raise split_not_found(manifest, role, name)
     if d.percent is not None:
         n, name = original_split_counts(manifest.num_samples, d.percent)[0], f"(data.percent = {d.percent})"
     elif d.train_split == "all":
         n, name = manifest.num_samples, "(all samples)"
-    elif split_path(manifest, d.train_split).is_file():
-        n, name = len(load_split(manifest, d.train_split)), f"{d.train_split!r}"
     else:
-        return
+        n, name = len(load_split(manifest, d.train_split)), f"{d.train_split!r}"
     key = "schedule.initial_batch_size" if cfg.schedule.initial_weights else "schedule.batch_size"
     for stage in stages[:1] if cfg.schedule.max_steps is not None else stages:
         if stage.global_batch > n:

@@ -48,7 +48,7 @@ from bcrdist.train.best_model import BestModelTracker
 from bcrdist.train.config import TrainConfig
 from bcrdist.train.evaluation import NonFiniteSamples, check_finite, evaluate_model, gather, sample_list
 from bcrdist.train.hang import hang_message
-from bcrdist.train.model_setup import build_model
+from bcrdist.train.model_setup import build_model, check_initial_weights
 from bcrdist.train.plan import RunPlan, make_training_plan
 from bcrdist.train.physics_check import data_grid
 from bcrdist.train.provenance import run_provenance
@@ -573,7 +573,8 @@ def train(cfg: TrainConfig, restart: bool = False) -> dict:
                            nccl_trace_dir=Path(cfg.run_dir) / "nccl_trace")
     held = trainer = None
     try:
-        plan = on_main(ctx, lambda: make_training_plan(cfg, read_manifest(cfg.data.path), ctx.world_size))
+        plan = on_main(ctx, lambda: check_initial_weights(         # every refusal before the claim: RUN untouched
+            make_training_plan(cfg, read_manifest(cfg.data.path), ctx.world_size)))
         held = claim(cfg, ctx, restart)
         if ctx.nccl_trace_dir is not None:      # --restart moved RUN, with the folder made at start-up, aside
             ctx.nccl_trace_dir.mkdir(parents=True, exist_ok=True)

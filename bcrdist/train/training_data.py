@@ -28,7 +28,7 @@ from bcrdist.data.preprocess import Preprocess, Preprocessor
 from bcrdist.data.splits import load_split, make_splits, split_path
 from bcrdist.distributed import DistContext
 from bcrdist.errors import ConfigError, DataError
-from bcrdist.train.plan import RunPlan
+from bcrdist.train.plan import RunPlan, split_not_found
 
 STATS_SAMPLES = 4096
 EVAL_BATCH = 64
@@ -130,11 +130,9 @@ class TrainingData:
             elif split_path(self.manifest, name).is_file():
                 splits[role] = load_split(self.manifest, name)
             elif role == "train":
-                raise DataError(f"{split_path(self.manifest, name)}: training split not found; make splits with "
-                                f"`bcrdist split {self.manifest.root}` or set data.percent")
+                raise split_not_found(self.manifest, role, name)    # refused by the plan already, before the claim
         if "val" not in splits:
-            raise DataError(f"{split_path(self.manifest, d.val_split)}: validation split not found; make one "
-                            f"with `bcrdist split {self.manifest.root} --val N` or set data.percent")
+            raise split_not_found(self.manifest, "val", d.val_split)
         return splits
 
     @property
