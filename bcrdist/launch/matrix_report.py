@@ -13,6 +13,8 @@ import shlex
 import time
 from pathlib import Path
 
+import yaml
+
 from bcrdist.data.discretisation import describe
 from bcrdist.fileio import atomic_write_bytes, atomic_write_json, json_safe
 from bcrdist.launch.matrix import Matrix, MatrixError, _g
@@ -71,7 +73,8 @@ def collect(matrix: Matrix) -> dict:
             continue
         res = _read(run.path / "results.json")
         runs[run.key] = {k: res.get(k) for k in ("parameters", "n_train", "epochs", "steps", "world_size",
-                                                 "wall_time_s", "stop_reason", "seed")}
+                                                 "wall_time_s", "stop_reason")}
+        runs[run.key]["seed"] = run.seed if run.seed is not None else _config_seed(run.path)
         runs[run.key]["type"] = (res.get("model") or {}).get("type", "bcrnet")
     manifest = _read(matrix.train_data / "manifest.json")
     sizes = {name: _read(matrix.train_data / "splits" / f"{name}.json")["num_samples"]
@@ -82,6 +85,15 @@ def collect(matrix: Matrix) -> dict:
         "num_samples": manifest["num_samples"], "config": manifest.get("provenance", {}).get("config", {}),
         "grid": manifest.get("grid"), "splits": sizes, "discretisation": manifest.get("discretisation")},
         "test_sets": test_sets}
+
+
+def _config_seed(run: Path) -> int | str:
+    """The seed a run was trained with (its RUN/config.yaml), '–' when it does not say."""
+    try:
+        seed = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("seed")
+    except (OSError, yaml.YAMLError):
+        seed = None
+    return seed if isinstance(seed, int) else "–"
 
 
 def verdicts(matrix: Matrix, facts: dict) -> list[dict | None]:
@@ -241,22 +253,26 @@ def plot_group(matrix: Matrix, facts: dict, group: str, path: Path) -> bool:
     dashes = {name: ("--", ":", "-.")[i % 3] for i, name in enumerate(borns)}
     for ax, metric in zip(axes[0], spec.metrics):
         for i, m in enumerate(spec.methods):
-            ys = [100 * facts["errors"][m.name][c.key][metric] for c in conds]
+            cells = [facts["errors"][m.name][c.key] for c in conds]
+            ys = [100 * cell[metric] for cell in cells]
+            # the spread over seeds as error bars (none for a single run or for Born)
+            spread = [100 * (cell[f"{metric}_sd"] or 0.0) for cell in cells] if len(matrix.runs_of(m)) > 1 else None
             style = {"color": greys[m.name], "linestyle": dashes[m.name]} if m.kind == "born" else {}
             if group == "ood":
                 ax.bar([x + (i - (len(spec.methods) - 1) / 2) * width for x in xs], ys, width, label=m.label,
-                       **({"color": greys[m.name]} if m.kind == "born" else {}))
-            elif group == "noise":
-                ax.plot([c.value for c in conds], ys, marker="o", label=m.label, **style)
+                       yerr=spread, capsize=2, **({"color": greys[m.name]} if m.kind == "born" else {}))
             else:
-                ax.plot(xs, ys, marker="o", label=m.label, **style)
+                at = [c.value for c in conds] if group == "noise" else xs
+                ax.errorbar(at, ys, yerr=spread, marker="o", capsize=3, label=m.label, **style)
         if group == "ood":
             ax.set_xticks(xs, [str(c.value) for c in conds], rotation=20)
         elif group == "absorption":
             ax.set_xticks(xs, [_g(c.value) for c in conds])
         ax.set_xlabel({"noise": f"{spec.noise.model or 'fan'} noise level (%)", "absorption": "absorption α",
                        "ood": "test family (noise 0)"}[group])
-        ax.set_ylabel(f"mean {METRICS[metric]} error (%)")
+        ax.set_ylabel(f"mean {METRICS[metric]} error (%)" + (" ± sd over seeds" if len(matrix.runs) >
+                                                                            len({r.method.name for r in matrix.runs})
+                                                                            else ""))
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     # beside the panels: with many methods a legend inside would hide bars
