@@ -112,15 +112,19 @@ class _ContrastOperator:
         self.neg_eta_k2 = torch.from_numpy(-(k * k) * eta_block)
         self.buffer = buffer
 
-    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+    def convolved(self, v: torch.Tensor) -> torch.Tensor:
+        """Φ∗v on the block: v (B, mx·my) → (B, mx, my), a strided crop of the FFT buffer."""
         nb = v.shape[0]
         mx, my = self.shape
         buf = self.buffer.get(nb, self.spectrum.shape, (mx, my))
         buf[:, :mx, :my] = v.view(nb, mx, my)
         spec = torch.fft.fft2(buf)
         spec *= self.spectrum
+        return torch.fft.ifft2(spec)[:, :mx, :my]
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
         # the crop is strided: the product writes it contiguously in the same pass
-        return torch.mul(torch.fft.ifft2(spec)[:, :mx, :my], self.neg_eta_k2).view(nb, mx * my)
+        return torch.mul(self.convolved(v), self.neg_eta_k2).view(v.shape[0], -1)
 
 
 class FFTBuffer:

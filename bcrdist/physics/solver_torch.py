@@ -22,12 +22,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bcrdist.physics.solver import FFTBuffer, ScatteringSolver, _norms, batched_gmres
+from bcrdist.physics.solver import FFTBuffer, ScatteringSolver, _ContrastOperator, _norms, batched_gmres
 
 PRECISIONS = {"complex128": torch.complex128, "complex64": torch.complex64}
 
 
-class _BatchedContrast:
+class _BatchedContrast(_ContrastOperator):
     """K: v ↦ −k² η_s (Φ∗v) for contrast sources v (m, mx·my) whose rows belong to samples s = `sample[index]`,
     all on one mx×my block (`solver._ContrastOperator` for several samples: each row gets its own sample's η;
     `eta_blocks` (S, mx, my), real or complex)."""
@@ -41,15 +41,9 @@ class _BatchedContrast:
         self.buffer = buffer
 
     def __call__(self, v: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        nb = v.shape[0]
-        mx, my = self.shape
-        buf = self.buffer.get(nb, self.spectrum.shape, (mx, my))
-        buf[:, :mx, :my] = v.view(nb, mx, my)
-        spec = torch.fft.fft2(buf)
-        spec *= self.spectrum
         # one sample: its η broadcast, without gathering a copy per row
         eta = self.neg_eta_k2 if len(self.neg_eta_k2) == 1 else self.neg_eta_k2[self.sample[index]]
-        return torch.mul(torch.fft.ifft2(spec)[:, :mx, :my], eta).view(nb, mx * my)
+        return torch.mul(self.convolved(v), eta).view(v.shape[0], -1)
 
 
 class TorchScatteringSolver:
