@@ -136,8 +136,11 @@ def data_facts(matrix: Matrix, facts: dict) -> str:
     cfg, grid = d["config"], d["grid"] or {}
     target = (f"a {cfg.get('image_size')}×{cfg.get('image_size')} image" if grid.get("target") == "cartesian"
               else f"a {cfg.get('Na')}×{cfg.get('Nr')} polar target")
-    gen = (f"`{shlex.join(['bcrdist', 'generate', '--config', spec.data.config, *(a for s in spec.data.set for a in ('--set', s))])}`"
-           if spec.data.path is None else f"`{spec.data.path}` (given)")
+    if spec.data.path is None:
+        sets = [a for s in spec.data.set for a in ("--set", s)]
+        gen = f"`{shlex.join(['bcrdist', 'generate', '--config', spec.data.config, *sets])}`"
+    else:
+        gen = f"`{spec.data.path}` (given)"
     family = cfg.get("family", {})
     text = (f"Training data {gen}: {d['num_samples']} samples of the `{family.get('name')}` family "
             f"(absorption {family.get('absorption', [0.0])}), n = {cfg.get('n')}, box {cfg.get('box')}, "
@@ -185,8 +188,8 @@ def markdown(matrix: Matrix, facts: dict, commands: list[str], figures: dict[str
               "training time |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for m in spec.methods:
         if m.kind == "born":
-            lines.append(f"| {m.label} | born | `{shlex.join(['bcrdist', 'baseline', *m.args])}` | – | – | – | – | – "
-                         f"| – | – |")
+            command = shlex.join(["bcrdist", "baseline", *m.args])
+            lines.append(f"| {m.label} | born | `{command}` | – | – | – | – | – | – | – |")
             continue
         train = shlex.join([str(m.config), *(a for s in m.set for a in ("--set", s))])
         for run in matrix.runs_of(m):
