@@ -49,6 +49,7 @@ from bcrdist.launch.matrix import Ledger, Matrix, MatrixError, WorkLock, pending
 from bcrdist.launch.matrix_report import write_results
 from bcrdist.launch.matrix_spec import step_resources
 from bcrdist.launch.steps import Step, shown as shown_command
+from bcrdist.models.registry import network_class
 from bcrdist.launch.submit import JobResources, SubmitError, TrainJob, batch_script, check_configs, make_executor
 from bcrdist.physics.generation_config import GenerationConfig
 from bcrdist.train.config import TrainConfig
@@ -359,17 +360,17 @@ def launch_slurm(matrix: Matrix, site: str | None, dry_run: bool, results: Path,
 # measured figures (issue 20, docs/benchmarks.md) the estimates are scaled from
 GEN_CPU_S, GEN_N, GEN_NA = 0.46, 100, 100          # CPU-s per sample at n = 100, Na = 100 (issue 20)
 TRAIN_CORE_S, TRAIN_ALPHA, TRAIN_NA = 0.069, 128, 100   # core-s per sample per epoch, BCR-Net α = 128, 100 × 100
-# GFLOP per sample of a train step (forward + backward) of each network at its default (the study's) size on
-# the 100 × 100 far field, counted by `tools/bench_model.py --network all` (docs/benchmarks.md)
-TRAIN_GFLOP = {"bcrnet": 1.473, "bcnn": 9.326, "cnn": 8.482, "cnnb": 11.179, "study_bcnn": 2.670, "nio": 15.591}
+# GFLOP per sample of that BCR-Net's train step (tools/bench_model.py --network bcrnet, docs/benchmarks.md): a
+# network declaring its own `train_gflop` is costed at the same rate per FLOP
+TRAIN_GFLOP = 1.473
 BORN_CORE_S, BORN_NA, BORN_IMAGE = 33 / 16, 100, 100    # Born baseline: 33 s for 16 test samples (issue 20)
 RULES = (
     "generate: 0.46 CPU-s/sample at n = 100, Na = 100 (measured, issue 20), scaled ∝ Na·n²·log n",
     "train: 69 core-ms per sample and epoch, BCR-Net α = 128 on a 100 × 100 far field (measured, issue 20), "
     "scaled ∝ α·Na² (it also gives docs/benchmarks.md's α = 16, 64 × 32: 1.8 ms predicted, 1.9 measured); the "
-    "most epochs the stages allow (patience may end them sooner); the other networks at BCR-Net's rate per FLOP: "
-    "their GFLOP per sample at 100 × 100 (tools/bench_model.py --network all) ∝ Na², their default sizes assumed; a "
-    "network registered outside bcrdist: BCR-Net's rule",
+    "most epochs the stages allow (patience may end them sooner); a network that declares its GFLOP per sample at "
+    "100 × 100 (`train_gflop`, counted by tools/bench_model.py --network) at BCR-Net's rate per FLOP, ∝ Na², its "
+    "default sizes assumed; one that does not: BCR-Net's rule",
     "evaluate: one forward pass per test sample, a third of a training step",
     "baseline: 33 s for 16 test samples at Na = 100, image 100 × 100 (measured, issue 20), ∝ Na²·image²",
     "stats, split: read the data once: negligible",
@@ -410,8 +411,9 @@ def estimates(matrix: Matrix) -> dict[str, float]:
             epochs = (_stage_epochs(sch.pretrain_stages, 9, sch.epochs) if sch.pretrain else 0) + \
                 (_stage_epochs(sch.finetune_stages, 4, sch.epochs) if sch.finetune else 0)
             size = train_cfg.Na ** 2 / TRAIN_NA ** 2
-            if cfg.model.type in TRAIN_GFLOP and cfg.model.type != "bcrnet":
-                per = TRAIN_CORE_S * TRAIN_GFLOP[cfg.model.type] / TRAIN_GFLOP["bcrnet"] * size
+            gflop = network_class(cfg.model.type).train_gflop
+            if gflop is not None:
+                per = TRAIN_CORE_S * gflop / TRAIN_GFLOP * size
             else:
                 per = TRAIN_CORE_S * cfg.model.alpha / TRAIN_ALPHA * size
             train_per_sample[s.name] = per

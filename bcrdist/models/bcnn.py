@@ -117,6 +117,8 @@ class BCNN(Network):
     post(born). `n_input`/`n_output` as BCR-Net's; `periodic_rows` for a polar target; `born` the Born layer's
     definition (`BornDefinition.to_record()`, None until the run's Born fit sets it)."""
 
+    train_gflop = 9.326
+
     summary = "BCNN: the Born–Tikhonov image (λ fitted on validation) as a fixed layer, then a residual U-Net"
     config_class = BCNNConfig
     config_section = "bcnn"

@@ -18,6 +18,9 @@ A network class says, as class attributes and class methods:
   and the fit's record) given its config section and constructor arguments, or None;
 - `uses_units`: whether `forward` needs the model's normalisation (`Units`: a Born layer works on the raw far
   field and in physical units);
+- `train_gflop` (optional): GFLOP per sample of a train step (forward + backward) at the study's shape (a
+  100 × 100 far field → a 100 × 100 image) and the network's default sizes, as `tools/bench_model.py --network`
+  counts them; `bcrdist matrix --dry-run` scales a training's cost from it (None: from BCR-Net's measured rule);
 - `config()` (instance): the constructor arguments as plain values, which checkpoints store and
   `cls(**config)` rebuilds — a Born layer's definition included, never its matrices;
 - `forward(x, return_aux=False[, units=…])`: x (B, Ns, Nd') normalised network input → (B, Nt, Nr) in network
@@ -87,6 +90,7 @@ class Network(nn.Module):
     input_parts: ClassVar[str] = "any"
     targets: ClassVar[tuple[str, ...]] = TARGET_KINDS
     uses_units: ClassVar[bool] = False
+    train_gflop: ClassVar[float | None] = None
 
     n_input: tuple[int, int]
     n_output: tuple[int, int]

@@ -185,6 +185,7 @@ class CNN(_StudyNetwork):
     """The study's CNN: normalised far field (B, n_obs, 2·n_inc) → η (B, H, W) in network units."""
 
     summary = "the study's CNN: conv+pool blocks and fully connected layers from the far field to the image"
+    train_gflop = 8.482
     config_class = CNNConfig
     config_section = "cnn"
 
@@ -237,6 +238,7 @@ class CNNB(_BornNetwork):
     layout → its damped-LSQR Born reconstruction (B, H, W) in network units."""
 
     summary = "the study's CNNB: a CNN corrects the far field, a damped-LSQR Born layer (damp 0.1) images it"
+    train_gflop = 11.179
     config_class = CNNBConfig
     config_section = "cnnb"
 
@@ -259,6 +261,7 @@ class StudyBCNN(_BornNetwork):
     trunk's residual (B, H, W), in network units."""
 
     summary = "the study's BCNN: damped-LSQR Born image (damp 1) plus a residual a CNN computes from the far field"
+    train_gflop = 2.670
     config_class = StudyBCNNConfig
     config_section = "study_bcnn"
 
