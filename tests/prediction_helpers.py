@@ -102,8 +102,14 @@ CASES = {
 
 def model_of(case: str) -> ScatteringModel:
     """The case's model with random weights and normalisation (seeded by the case)."""
-    torch.manual_seed(sorted(CASES).index(case))
-    model = CASES[case][1]()
+    return randomised(CASES[case][1], sorted(CASES).index(case))
+
+
+def randomised(build, seed: int) -> ScatteringModel:
+    """The model `build()` makes after seeding torch with `seed`, with random weights (none left at an
+    initialisation of zeros) and normalisation, in eval mode."""
+    torch.manual_seed(seed)
+    model = build()
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(0.3 * torch.randn_like(p))

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from bcrdist.models.checkpoint import load_checkpoint
-from train_helpers import ROOT, clean_env, make_dataset, write_config
+from train_helpers import ROOT, clean_env, make_dataset, signal_after_first_checkpoint, write_config
 
 RUNS = 20
 # the torch threads of a process group: gloo's work and transport threads, the TCPStore server's loop
@@ -111,19 +111,9 @@ def data(tmp_path_factory) -> Path:
 def test_nproc_forwards_a_signal_and_exits_with_its_status(data, tmp_path, sig, code):
     cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run", schedule=LONG,
                        data={"path": str(data), "n_valid": 12})
-    proc = subprocess.Popen([sys.executable, "-m", "bcrdist", "train", "--nproc", "2", "--config", str(cfg)],
-                            cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     last = tmp_path / "run" / "checkpoints" / "last.pt"
-    deadline = time.time() + 120
-    try:
-        while not last.is_file():
-            assert proc.poll() is None and time.time() < deadline, "training ended before its first checkpoint"
-            time.sleep(0.05)
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == code, err
+    status, out, err = signal_after_first_checkpoint(["train", "--nproc", "2", "--config", str(cfg)], last, sig)
+    assert status == code, err
     name = signal.Signals(sig).name
     step = load_checkpoint(last)["progress"]["step"]
     lines = err.strip().splitlines()

@@ -28,6 +28,7 @@ from bcrdist.models.scattering import ScatteringModel
 from bcrdist.physics.born_definition import BornDefinition
 from bcrdist.physics.layout import GridInfo
 from bcrdist.train.state import TRAINING_FORMAT
+from prediction_helpers import randomised
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -83,14 +84,7 @@ CASES = {
 
 def trained(case: str) -> ScatteringModel:
     """The case's model with random weights (none left at an initialisation of zeros) and normalisation."""
-    torch.manual_seed(sorted(CASES).index(case))
-    model = CASES[case]()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(0.3 * torch.randn_like(p))
-    nd = model.data_input[1]
-    model.set_normalization(0.1 * torch.randn(nd), 0.5 + torch.rand(nd), 2.5, out_gain=0.7, out_bias=0.05)
-    return model.eval()
+    return randomised(CASES[case], sorted(CASES).index(case))
 
 
 def checkpoint(tmp_path: Path, case: str = "bcrnet") -> tuple[Path, ScatteringModel]:

@@ -15,7 +15,7 @@ import pytest
 
 from bcrdist.models.checkpoint import load_checkpoint
 from bcrdist.train.preemption import PreemptionFlag, exit_code, requeue_slurm_job
-from train_helpers import ROOT, bcrdist, clean_env, make_dataset, write_config
+from train_helpers import ROOT, bcrdist, clean_env, make_dataset, signal_after_first_checkpoint, write_config
 
 LONG = {"max_steps": 5000, "epochs": 500, "pretrain_stages": [[1, 1.0]], "finetune": False}
 
@@ -62,19 +62,9 @@ def test_a_second_ctrl_c_ends_the_process_at_once():
 def test_a_signal_outside_slurm_saves_last_pt_and_exits_non_zero(data, tmp_path, sig, code):
     cfg = write_config(tmp_path / "c.yaml", data, tmp_path / "run", schedule=LONG,
                        data={"path": str(data), "n_valid": 12})
-    proc = subprocess.Popen([sys.executable, "-m", "bcrdist", "train", "--config", str(cfg)], cwd=ROOT,
-                            env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     last = tmp_path / "run" / "checkpoints" / "last.pt"
-    deadline = time.time() + 120
-    try:
-        while not last.is_file():
-            assert proc.poll() is None and time.time() < deadline, "training ended before its first checkpoint"
-            time.sleep(0.05)
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == code, err
+    status, out, err = signal_after_first_checkpoint(["train", "--config", str(cfg)], last, sig)
+    assert status == code, err
     step = load_checkpoint(last)["progress"]["step"]
     assert 5 <= step < 5000
     name = signal.Signals(sig).name

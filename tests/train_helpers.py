@@ -26,6 +26,24 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
+def signal_after_first_checkpoint(argv: list[str], last: Path, sig: int, timeout: float = 120
+                                  ) -> tuple[int, str, str]:
+    """Run `python -m bcrdist ARGV`, send it `sig` once `last` (its last.pt) exists; (exit status, stdout,
+    stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "bcrdist", *argv], cwd=ROOT, env=clean_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout
+    try:
+        while not last.is_file():
+            assert proc.poll() is None and time.time() < deadline, "training ended before its first checkpoint"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        proc.kill()
+    return proc.returncode, out, err
+
+
 def make_dataset(out: Path, n: int = 240, ns: int = 16, nd: int = 8, nr: int = 6, per_shard: int = 50,
                  seed: int = 0, val: int = 24) -> Path:
     """A learnable data set: `measure` is a fixed linear, rotation-equivariant image of the target `coe`."""

@@ -62,7 +62,7 @@ def check_shard(manifest: Manifest, shard: int, *, checksums: bool = True, scan:
     return problems
 
 
-def _check_statistics(manifest: Manifest) -> list[str]:
+def statistics_problems(manifest: Manifest) -> list[str]:
     problems = []
     for name, spec in manifest.datasets.items():
         for field, _ in field_parts(name, spec.dtype):
@@ -88,7 +88,7 @@ def verify_dataset(path, *, checksums: bool = True, scan: bool = True, comm=None
         mine.append((shard, found))
     everyone = sorted(item for part in comm.allgather(mine) for item in part)
     problems = [p for _, found in everyone for p in found]
-    problems += _check_statistics(manifest)
+    problems += statistics_problems(manifest)
     for split in list_splits(manifest.root):
         try:
             load_split(manifest, split)

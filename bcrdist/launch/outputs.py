@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bcrdist.data.format import read_manifest
 from bcrdist.data.splits import load_split
-from bcrdist.data.verify import _check_statistics, check_shard
+from bcrdist.data.verify import statistics_problems, check_shard
 from bcrdist.errors import BcrdistError
 
 
@@ -49,7 +49,7 @@ def statistics_problem(data: Path) -> str | None:
     manifest = read_manifest(data)
     if not manifest.statistics:
         return f"{manifest.path}: no statistics yet"
-    stale = _check_statistics(manifest)
+    stale = statistics_problems(manifest)
     return stale[0] if stale else None
 
 
