@@ -36,7 +36,7 @@ def slurm_spec(tmp: Path, **changes) -> Path:
             "methods": [{"name": "bcr", "label": "BCR-Net Re F", "kind": "network",
                          "config": str(write_yaml(tmp / "tiny-train.yaml", TINY_TRAIN)),
                          # long enough, and with last.pt early, for the test to kill it mid-training
-                         "set": ["schedule.epochs=2", "checkpoint.every_steps=8"]},
+                         "set": ["schedule.epochs=12", "checkpoint.every_steps=8"]},
                         {"name": "born", "label": "Born", "kind": "born"}],
             "noise": {"levels": [0]},
             "ood": {"families": {"shapes": str(write_yaml(tmp / "tiny-ood.yaml", TINY_OOD))}},
@@ -107,7 +107,7 @@ def done(cluster, tmp_path_factory):  # noqa: F811
         last = work / "runs" / "bcr" / "checkpoints" / "last.pt"
         while not last.exists():
             assert time.time() < deadline, f"training never saved last.pt: {job_info(killed['job_id'])}"
-            time.sleep(0.2)
+            time.sleep(0.05)
         subprocess.run(["scancel", killed["job_id"]], check=True, timeout=30)
         status_after_kill = None
         for _ in range(6):
