@@ -6,12 +6,16 @@ dense matrix); stored by its definition (no state-dict entries, rebuilt from `sp
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from bcrdist.errors import ConfigError
+from bcrdist.models import born_layers
 from bcrdist.models.born_layers import BornReconstruction
 from bcrdist.physics.born_definition import BornDefinition, make_inversion
 from bcrdist.physics.layout import GridInfo
@@ -176,3 +180,36 @@ def test_shape_mismatch_and_bad_input():
         BornReconstruction((10, 21), (12, 12))
     with pytest.raises(ValueError, match="precision must be one of"):
         BornReconstruction((10, 20), (12, 12), precision="bfloat16")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_right_hand_side_in_pieces_equals_the_whole_product_bit_for_bit(monkeypatch, dtype):
+    """The forward makes T = x @ inc_factor a cache-sized piece at a time; every entry must be the whole
+    product's, bit for bit (trained networks and their results depend on the layer's exact output), at the
+    study's n_obs = n_inc = 100; and the gradient must be autograd's derivative of the whole product, sample
+    chunk by sample chunk, as the layer computed it before."""
+    layer = layer_for(BornDefinition(cartesian(size=20, na=100), "lsqr", 0.1), "float64")
+    inc, obs = layer.inc_factor.to(dtype), layer.obs_factor.to(dtype)      # 2P = 800: 4 column pieces, one partial
+    monkeypatch.setattr(born_layers, "FORWARD_FLOATS", 2 * 100 * born_layers.PIXEL_COLUMNS)  # 2 samples a piece
+    monkeypatch.setattr(born_layers, "TRANSIENT_FLOATS", 3 * obs.numel())      # the backward: 3 samples a chunk
+    x = parts_of(far_fields(layer.definition.grid, count=5, seed=3), dtype).requires_grad_(True)
+    got = born_layers._RightHandSide.apply(x, inc, obs)
+    xr = x.detach().clone().requires_grad_(True)
+    want = torch.cat([((part @ inc) * obs).sum(1) for part in xr.split(3)])
+    assert torch.equal(got, want)
+    g = torch.randn(got.shape, generator=torch.Generator().manual_seed(4), dtype=dtype)
+    (got * g).sum().backward()
+    (want * g).sum().backward()
+    assert torch.equal(x.grad, xr.grad)
+
+
+def test_bench_born_tool_at_a_tiny_size():
+    """tools/bench_born.py: both forms timed and compared; only the output's form is checked, never a time."""
+    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_born.py"
+    run = subprocess.run([sys.executable, str(tool), "--size", "16", "--batch", "3", "--rounds", "1",
+                          "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    for kind in ("forward ", "forward + backward "):
+        row = next(line for line in run.stdout.splitlines() if line.startswith(kind))
+        assert row.rstrip().endswith("%") and "×" in row
+    assert "bit for bit: forward equal, gradient equal" in run.stdout

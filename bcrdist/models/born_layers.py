@@ -15,8 +15,7 @@ pixels and 100² directions). With E_obs (n_obs, P), E_inc (n_inc, P) the expone
   1. right-hand side Re(AᴴF)_p = Re(conj(w) Σ_o E_obs[o, p] Σ_s F[o, s] conj(E_inc[s, p])) in real arithmetic:
      T = parts @ inc_factor, (B, n_obs, 2P) = [Re T | Im T] (inc_factor (2·n_inc, 2P) = [[Re E, −Im E],
      [σ Im E, σ Re E]], σ = −1 conjugates data of sign +1 into ours), then Σ_o T ⊙ obs_factor (obs_factor
-     (n_obs, 2P) = [Re(conj(w) E_obs) | −Im(conj(w) E_obs)]) and the two halves added; `chunk` samples at a
-     time, so the transient T stays near 2^25 elements (autograd keeps none of it: the factors are constants);
+     (n_obs, 2P) = [Re(conj(w) E_obs) | −Im(conj(w) E_obs)]) and the two halves added (`_RightHandSide`);
   2. the symmetric P × P solve, block diagonal in the parity basis of `CartesianBornInversion`:
      u = basis_rowsᵀ g basis_cols (g the image-shaped right-hand side), block m of u (a rectangle of the parity
      ordering) times K_m = V_m diag(f_m) V_mᵀ (r_m × r_m, r_m ≈ P/4; `CartesianBlockSolve.block_matrices`: f
@@ -46,7 +45,9 @@ from torch import nn
 from bcrdist.errors import ConfigError
 from bcrdist.physics.born_definition import BornDefinition, BornEstimator, make_inversion
 
-TRANSIENT_FLOATS = 1 << 25       # elements of the (chunk, n_obs, 2P) intermediate of one step
+PIXEL_COLUMNS = 256               # columns of T per product in the forward: a cache-sized piece of T
+FORWARD_FLOATS = 1 << 20          # elements of that piece, (samples, n_obs, PIXEL_COLUMNS)
+TRANSIENT_FLOATS = 1 << 25        # elements of the backward's (samples, n_obs, 2P) gradient of T
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 # what the networks' Born layers compute in: float32 would add up to 6e-4 of max|η| at the study's damping 0.1
 BORN_PRECISION = "float64"
@@ -58,6 +59,41 @@ def _span(selection: np.ndarray) -> tuple[int, int]:
     if not np.array_equal(selection, np.arange(start, start + len(selection))):
         raise AssertionError("BornReconstruction: a parity block is not contiguous")
     return start, start + len(selection)
+
+
+class _RightHandSide(torch.autograd.Function):
+    """x (B, n_obs, 2·n_inc) → both (B, 2P) = Σ_o (x @ inc_factor)[:, o] ⊙ obs_factor[o], differentiable in x.
+
+    T = x @ inc_factor is (B, n_obs, 2P): 16 MB per sample in float64 at the study's size. The forward makes it
+    a cache-sized piece at a time — `PIXEL_COLUMNS` columns, as many samples as keep the piece near
+    `FORWARD_FLOATS` elements — and multiplies and sums it while it is in cache, instead of writing all of T to
+    memory and reading it back: every entry is the same dot product over 2·n_inc and the same sum over n_obs as
+    in the whole product (tests/test_born_layers.py compares the two bit for bit at the study's n_obs and n_inc),
+    so networks trained before keep their exact results. The backward, needed only where the far field itself
+    carries a gradient (CNNB's corrected far field), is autograd's derivative of the whole product with the
+    products of the same shapes, (g ⊙ obs_factor) @ inc_factorᵀ for as many samples as keep the (samples, n_obs,
+    2P) transient near `TRANSIENT_FLOATS` elements: smaller pieces would change the product's kernel and, for
+    some shapes, its last bits.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, inc: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inc, obs)
+        n, n_obs, width = len(x), obs.shape[0], obs.shape[1]
+        both = x.new_empty(n, width)
+        rows = max(1, FORWARD_FLOATS // (n_obs * PIXEL_COLUMNS))
+        for a in range(0, n, rows):
+            part = x[a:a + rows]
+            for c in range(0, width, PIXEL_COLUMNS):
+                piece = part @ inc[:, c:c + PIXEL_COLUMNS]                          # (rows, n_obs, columns)
+                both[a:a + rows, c:c + PIXEL_COLUMNS] = piece.mul_(obs[:, c:c + PIXEL_COLUMNS]).sum(1)
+        return both
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        inc, obs = ctx.saved_tensors
+        samples = max(1, TRANSIENT_FLOATS // obs.numel())
+        return torch.cat([(g.unsqueeze(1) * obs) @ inc.t() for g in grad.split(samples)]), None, None
 
 
 class BornReconstruction(nn.Module):
@@ -82,7 +118,6 @@ class BornReconstruction(nn.Module):
         self._blocks: list[tuple[tuple[int, int], tuple[int, int]]] = []
         self._row_ranges: list[tuple[int, int]] = []
         self._col_ranges: list[tuple[int, int]] = []
-        self.chunk = 1
 
     def _apply(self, fn, recurse=True):
         """As nn.Module's, but the buffers keep `precision`: a model made half or double moves them only."""
@@ -144,7 +179,6 @@ class BornReconstruction(nn.Module):
             self._blocks.append((_span(rows), _span(cols)))
         self._row_ranges = sorted({rows for rows, _ in self._blocks})
         self._col_ranges = sorted({cols for _, cols in self._blocks})
-        self.chunk = max(1, TRANSIENT_FLOATS // self.obs_factor.numel())
 
     def forward(self, parts: torch.Tensor) -> torch.Tensor:
         """parts (B, n_obs, 2·n_inc) raw → η (B, H, W) float32 (float64 for float64 parts at precision float64)."""
@@ -166,11 +200,8 @@ class BornReconstruction(nn.Module):
 
     def _factored(self, x: torch.Tensor) -> torch.Tensor:
         half = self.obs_factor.shape[1] // 2
-        rhs = []
-        for part in x.split(self.chunk):
-            both = ((part @ self.inc_factor) * self.obs_factor).sum(1)          # (b, 2P)
-            rhs.append(both[:, :half] + both[:, half:])
-        g = torch.cat(rhs).reshape(len(x), *self.n_output)
+        both = _RightHandSide.apply(x, self.inc_factor, self.obs_factor)              # (B, 2P)
+        g = (both[:, :half] + both[:, half:]).reshape(len(x), *self.n_output)
         u = self.basis_rows.t() @ g @ self.basis_cols
         solved = {}
         for m, ((r0, r1), (c0, c1)) in enumerate(self._blocks):
