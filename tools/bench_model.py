@@ -19,20 +19,22 @@ teacher task (a second, randomly initialised BCR-Net gives the targets), reporti
 reaches. `--out FILE` also writes the results as JSON.
 
     python tools/bench_model.py --network NAME[,NAME…|all] [--size 100] [--batch 32] [--rounds 3] [--steps 1]
-                                [--alpha A] [--profile K] [--device cpu]
+                                [--alpha A] [--precision fp32,bf16] [--profile K] [--device cpu]
 
 `--network` measures the train step of registered networks (`bcrdist config networks`) at the study's shape
 instead: input the SIZE × SIZE far field (its real part for BCR-Net, as the study's; Re and Im concatenated for
 the others), a SIZE × SIZE image target on the study's grid (nodes of [−1, 1]², κ = 16), each network at the
-study's sizes (BCR-Net: bcrdist/configs/study_full_bcrnet.yaml, α = 128, N_cnn 6, N_cnn3 5, L = 2, zero
-padding, or `--alpha`; the others: their defaults, the study's at 100 × 100), inside `ScatteringModel` with the
-trainer's optimizer (NAdam), fp32, MSE on the output. A Born-based network gets its damped least-squares layer
-(cnnb, study_bcnn) or a Tikhonov layer of fixed λ (bcnn: the run would choose λ on validation; the cost does not
-depend on it). The networks take turns as the variants above; per network it prints the parameters, GFLOP per
-sample of a train step (forward + backward by FlopCounterMode, counted on two samples; a Born layer's
-products included), ms per sample (median of the rounds, min–max), the arithmetic rate and its fraction of the
-fp32 matmul roofline measured in the same run. `--profile K` then profiles one step of each network
-(torch.profiler, CPU) and prints its K operators of largest self time, with their input shapes.
+study's sizes (BCR-Net: bcrdist/configs/study_full_bcrnet.yaml, α = 128, N_cnn 6, N_cnn3 5, L = 2, zero padding,
+or `--alpha`; the others: their defaults, the study's at 100 × 100), inside `ScatteringModel` with the trainer's
+optimizer (NAdam), fp32 (`--precision fp32,bf16`: also under bf16 autocast, as `runtime.precision: bf16-mixed`
+trains, each precision its own copy of the network), MSE on the output. A Born-based network gets its damped
+least-squares layer (cnnb, study_bcnn) or a Tikhonov layer of fixed λ (bcnn: the run would choose λ on validation;
+the cost does not depend on it). The networks take turns as the variants above; per network it prints the
+parameters, GFLOP per sample of a train step (forward + backward by FlopCounterMode, counted on two samples; a
+Born layer's products included), ms per sample (median of the rounds, min–max), the arithmetic rate and its
+fraction of the matmul roofline of its precision (fp32 or bf16) measured in the same run. `--profile K` then
+profiles one step of each network (torch.profiler, CPU) and prints its K operators of largest self time, with
+their input shapes.
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ from bcrdist.train.optim import make_optimizer  # noqa: E402
 LR = 1e-3
 # the packaged training configs of networks whose study sizes are not their defaults
 STUDY_CONFIGS = {"bcrnet": "study_full_bcrnet.yaml"}
+# --precision of the network mode: the autocast dtype of the step and the dtype of its matmul roofline
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 BCNN_LAMBDA = 1e-2  # bcrdist's BCNN: a fixed Tikhonov λ (a run fits it on validation; the step's cost is the same)
 
 
@@ -399,16 +404,22 @@ def bench_networks(args, device: torch.device) -> dict:
     y = torch.randn(batch, n, n, generator=gen).to(device)
     variants, inputs, flops, params = [], {}, {}, {}
     for name in names:
-        torch.manual_seed(0)
-        model, cfg, shape = study_model(name, n, args.alpha)
-        model.to(device)
-        v = Variant(name, model, lambda m, x: m(x), make_optimizer(cfg, model.parameters(), LR), None, device)
+        shape = None
+        for precision in args.precision:
+            torch.manual_seed(0)  # every precision starts from the same weights
+            model, cfg, shape = study_model(name, n, args.alpha)
+            model.to(device)
+            v = Variant(name, model, lambda m, x: m(x), make_optimizer(cfg, model.parameters(), LR),
+                        AMP_DTYPES[precision], device)
+            v.precision = precision
+            variants.append(v)
         inputs[name] = torch.randn(batch, *shape, generator=gen).to(device)
         params[name] = sum(p.numel() for p in model.parameters())
-        # counted on two samples (a step's FLOPs are linear in the batch), which saves a full step per network
-        flops[name] = step_flops(v, inputs[name][:2], y[:2]) * batch // 2
-        variants.append(v)
-    peak32 = [matmul_gflops(device, torch.float32)]
+        # counted in fp32 on two samples (a step's FLOPs are linear in the batch), which saves a full step per
+        # network; the same operations run under bf16 autocast
+        fp32 = Variant(name, model, lambda m, x: m(x), make_optimizer(cfg, model.parameters(), LR), None, device)
+        flops[name] = step_flops(fp32, inputs[name][:2], y[:2]) * batch // 2
+    peaks = {precision: [matmul_gflops(device, MATMUL_DTYPES[precision])] for precision in args.precision}
     for v in variants:  # warm-up
         v.step(inputs[v.name], y)
     for _ in range(args.rounds):
@@ -419,35 +430,39 @@ def bench_networks(args, device: torch.device) -> dict:
                 v.step(inputs[v.name], y)
             sync(device)
             v.times.append((time.perf_counter() - t0) / args.steps)
-        peak32.append(matmul_gflops(device, torch.float32, repeats=2))
-    roof = max(peak32)  # other jobs only ever lower it
+        for precision, measured in peaks.items():
+            measured.append(matmul_gflops(device, MATMUL_DTYPES[precision], repeats=2))
+    roofs = {precision: max(measured) for precision, measured in peaks.items()}  # other jobs only ever lower it
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"\n{name}: train step at {n}×{n} → {n}×{n}, batch {batch}, fp32, MSE + backward + NAdam; fp32 matmul "
-          f"roofline {roof:.0f} GFLOP/s (best of {len(peak32)}, one before and one in each round; range "
-          f"{fmt_range(peak32)}); {args.rounds} rounds × {args.steps} steps, networks interleaved")
-    print(f"{'network':11} {'parameters':>11} {'input':>9} {'GFLOP/sample':>13} {'ms/sample':>10} {'min–max':>13} "
-          f"{'samples/s':>10} {'GFLOP/s':>8} {'roofline':>9}")
+    rooflines = "; ".join(f"{p} matmul roofline {roofs[p]:.0f} GFLOP/s (best of {len(peaks[p])}, range "
+                          f"{fmt_range(peaks[p])})" for p in args.precision)
+    print(f"\n{name}: train step at {n}×{n} → {n}×{n}, batch {batch}, {' and '.join(args.precision)}, MSE + "
+          f"backward + NAdam; {rooflines}, one before and one in each round; {args.rounds} rounds × {args.steps} "
+          f"steps, networks interleaved")
+    print(f"{'network':11} {'precision':>9} {'parameters':>11} {'input':>9} {'GFLOP/sample':>13} {'ms/sample':>10} "
+          f"{'min–max':>13} {'samples/s':>10} {'GFLOP/s':>8} {'roofline':>9}")
     rows = []
     for v in variants:
         med = statistics.median(v.times)
         gflop = flops[v.name] / batch / 1e9
         rate = flops[v.name] / med / 1e9
-        rows.append(dict(network=v.name, parameters=params[v.name], input=list(inputs[v.name].shape[1:]),
-                         gflop_per_sample=gflop, ms_per_sample=med / batch * 1e3,
+        rows.append(dict(network=v.name, precision=v.precision, parameters=params[v.name],
+                         input=list(inputs[v.name].shape[1:]), gflop_per_sample=gflop, ms_per_sample=med / batch * 1e3,
                          ms_per_sample_min=min(v.times) / batch * 1e3, ms_per_sample_max=max(v.times) / batch * 1e3,
-                         samples_per_s=batch / med, gflops=rate, roofline=rate / roof))
+                         samples_per_s=batch / med, gflops=rate, roofline=rate / roofs[v.precision]))
         r = rows[-1]
         shape = "×".join(str(s) for s in r["input"])
-        print(f"{r['network']:11} {r['parameters']:>11,} {shape:>9} {gflop:13.3f} {r['ms_per_sample']:10.2f} "
-              f"{r['ms_per_sample_min']:6.2f}–{r['ms_per_sample_max']:<6.2f} {r['samples_per_s']:10.1f} "
-              f"{rate:8.1f} {r['roofline']:8.1%}")
-    result = dict(device=name, fp32_matmul_gflops=peak32, rows=rows)
+        print(f"{r['network']:11} {v.precision:>9} {r['parameters']:>11,} {shape:>9} {gflop:13.3f} "
+              f"{r['ms_per_sample']:10.2f} {r['ms_per_sample_min']:6.2f}–{r['ms_per_sample_max']:<6.2f} "
+              f"{r['samples_per_s']:10.1f} {rate:8.1f} {r['roofline']:8.1%}")
+    result = dict(device=name, matmul_gflops=peaks, rows=rows)
     if args.profile:
         result["profiles"] = {}
         for v in variants:
             top = profile_step(v, inputs[v.name], y, args.profile)
-            result["profiles"][v.name] = top
-            print(f"\n{v.name}: top {args.profile} operators of one step by self CPU time (share of the step's)")
+            result["profiles"][f"{v.name} {v.precision}"] = top
+            print(f"\n{v.name} ({v.precision}): top {args.profile} operators of one step by self CPU time (share "
+                  f"of the step's)")
             for t in top:
                 print(f"  {t['op']:42} {t['self_ms']:9.1f} ms {t['share']:6.1%} {t['calls']:5}× {t['shapes']}")
     return result
@@ -476,6 +491,8 @@ def main() -> int:
     p.add_argument("--network", default=None,
                    help="registered networks (comma-separated, or 'all') at the study's shape instead of the "
                         "old-vs-new BCR-Net comparison")
+    p.add_argument("--precision", default="fp32", metavar="fp32[,bf16]",
+                   help="--network: the step in fp32 and/or under bf16 autocast, each against its matmul roofline")
     p.add_argument("--profile", type=int, default=0, metavar="K",
                    help="with --network: the K operators of largest self time in one step of each network")
     p.add_argument("--batch", type=int, default=32)
@@ -511,6 +528,12 @@ def main() -> int:
                 print(f"bench_model: error: {exc}", file=sys.stderr)
                 return 2
         args.size = args.size or 100
+        args.precision = args.precision.split(",")
+        unknown = [p for p in args.precision if p not in AMP_DTYPES]
+        if unknown or not args.precision:
+            print(f"bench_model: error: --precision: expected fp32, bf16 or both (comma-separated), got "
+                  f"{','.join(args.precision)!r}", file=sys.stderr)
+            return 2
     else:
         args.size, args.alpha = args.size or 128, args.alpha or 40
     n = args.size
