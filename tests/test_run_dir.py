@@ -175,9 +175,13 @@ def test_resume_that_changes_the_run_is_one_line_listing_the_keys(finished, tmp_
 
 def test_more_steps_continue_a_run_stopped_at_max_steps_and_record_the_change(finished, tmp_path):
     cfg, run = copy_of(finished, tmp_path)
-    bcrdist("train", "--config", str(cfg), "--resume", "auto", "--set", "schedule.max_steps=9", timeout=120)
+    assert "freed host memory: kept for reuse" in (run / "train.log").read_text()    # auto, on the CPU
+    bcrdist("train", "--config", str(cfg), "--resume", "auto", "--set", "schedule.max_steps=9",
+            "--set", "runtime.host_memory=release", timeout=120)
     log = (run / "train.log").read_text()
     assert "resuming with changed settings: run_dir: " in log and "schedule.max_steps: 6 → 9" in log
+    assert "runtime.host_memory: auto → release" in log              # where the bytes live is not what the run is
+    assert log.rstrip().count("freed host memory: the C library's defaults") == 1
     assert "continuing a run that reached schedule.max_steps = 6" in log
     assert json.loads((run / "results.json").read_text())["steps"] == 9
 

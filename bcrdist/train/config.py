@@ -233,6 +233,12 @@ class RuntimeConfig:
                          "are ~1e-2, TF32 is ~1e-3)")
     threads: int | None = setting(None, help="torch CPU threads per rank; null = cores / ranks on the node", low=1)
     deterministic: bool = setting(False, help="`torch.use_deterministic_algorithms(True)`")
+    host_memory: Literal["auto", "keep", "release"] = setting(
+        "auto", help="`keep`: host memory a step frees stays mapped for the next step (glibc malloc: no mmap for "
+        "large blocks, no trimming), instead of being faulted in again page by page: the same arithmetic, "
+        "faster CPU steps for networks with activations of tens of MB or more (docs/benchmarks.md); the process "
+        "keeps its peak resident memory. `release`: the C library's defaults. `auto` = keep when training on "
+        "the CPU")
     requeue_signal: str = setting("USR2", help="the Slurm preemption/time-limit warning signal (SIGTERM is "
                                   "handled too)")
     log_every_steps: int = setting(50, help="off a terminal, a progress line every this many optimizer steps, "

@@ -58,7 +58,7 @@ RUN_FILES = ("config.yaml", "results.json", "metrics.jsonl")
 MAY_CHANGE = ("run_dir", "data.path", "data.num_workers", "data.preload", "schedule.max_steps",
               "schedule.patience", "schedule.patience_lr", "schedule.rel_threshold", "schedule.reduce_lr",
               "schedule.reduce_lr_factor", "schedule.max_nan_failures", "schedule.nan_lr_factor", "checkpoint.",
-              "runtime.device", "runtime.compile", "runtime.threads", "runtime.log_every_steps",
+              "runtime.device", "runtime.compile", "runtime.threads", "runtime.host_memory", "runtime.log_every_steps",
               "runtime.requeue_signal", "distributed.init_timeout_s", "distributed.timeout_s", "results_table",
               "logging.")
 MAX_STEPS_REASON = "reached schedule.max_steps"

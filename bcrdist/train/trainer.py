@@ -53,6 +53,7 @@ from bcrdist.train.plan import RunPlan, make_training_plan
 from bcrdist.train.physics_check import data_grid
 from bcrdist.train.provenance import run_provenance
 from bcrdist.train.preemption import PreemptionFlag, exit_code, requeue_slurm_job
+from bcrdist.train.process_setup import configure_process
 from bcrdist.train.run_log import RunLogger
 from bcrdist.train.schedule import Stage
 from bcrdist.train.run_dir import Claim, claim_run_dir
@@ -85,16 +86,7 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         rt = cfg.runtime
-        if rt.threads:
-            torch.set_num_threads(rt.threads)
-        elif ctx.device.type == "cpu":
-            # one process per core group: oversubscribed OpenMP threads slow CPU training by 10× or more
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.env.local_world_size))
-        if rt.deterministic:
-            torch.use_deterministic_algorithms(True)
-        if ctx.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = rt.tf32
-            torch.backends.cudnn.allow_tf32 = rt.tf32
+        self.host_memory = configure_process(rt, ctx.device, ctx.env.local_world_size)
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.ckpt_dir)
@@ -317,7 +309,7 @@ class Trainer:
         self.log.info(f"bcrdist {__version__}: {ctx.world_size} rank(s) via {ctx.env.method} on {ctx.device}; "
                       f"{self.model.model_type}: {self.n_params:,} parameters ({self.model.net.summary}); "
                       f"{len(self.stages)} stages; data {cfg.data.path} (train {self.data.n_train}, "
-                      f"val {self.data.n_val})")
+                      f"val {self.data.n_val}); freed host memory: {self.host_memory}")
         for note in notes:
             self.log.info(note)
         t_start = time.time()
