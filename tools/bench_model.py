@@ -27,10 +27,11 @@ the others), a SIZE × SIZE image target on the study's grid (nodes of [−1, 1]
 study's sizes (BCR-Net: bcrdist/configs/study_full_bcrnet.yaml, α = 128, N_cnn 6, N_cnn3 5, L = 2, zero padding,
 or `--alpha`; the others: their defaults, the study's at 100 × 100), inside `ScatteringModel` with the trainer's
 optimizer (NAdam), fp32 (`--precision fp32,bf16`: also under bf16 autocast, as `runtime.precision: bf16-mixed`
-trains, each precision its own copy of the network), MSE on the output. A Born-based network gets its damped
-least-squares layer (cnnb, study_bcnn) or a Tikhonov layer of fixed λ (bcnn: the run would choose λ on validation;
-the cost does not depend on it). The networks take turns as the variants above; per network it prints the
-parameters, GFLOP per sample of a train step (forward + backward by FlopCounterMode, counted on two samples; a
+trains, each precision its own copy of the network), MSE on the output, freed host memory kept for reuse as the
+trainer keeps it on the CPU (`--host-memory release`: the C library's defaults). A Born-based network gets its
+damped least-squares layer (cnnb, study_bcnn) or a Tikhonov layer of fixed λ (bcnn: the run would choose λ on
+validation; the cost does not depend on it). The networks take turns as the variants above; per network it prints
+the parameters, GFLOP per sample of a train step (forward + backward by FlopCounterMode, counted on two samples; a
 Born layer's products included), ms per sample (median of the rounds, min–max), the arithmetic rate and its
 fraction of the matmul roofline of its precision (fp32 or bf16) measured in the same run. `--profile K` then
 profiles one step of each network (torch.profiler, CPU) and prints its K operators of largest self time, with
@@ -69,6 +70,7 @@ from bcrdist.physics.born_definition import BornDefinition  # noqa: E402
 from bcrdist.physics.layout import GridInfo  # noqa: E402
 from bcrdist.train.config import TrainConfig  # noqa: E402
 from bcrdist.train.optim import make_optimizer  # noqa: E402
+from bcrdist.train.process_setup import keep_freed_memory  # noqa: E402
 
 LR = 1e-3
 # the packaged training configs of networks whose study sizes are not their defaults
@@ -493,6 +495,9 @@ def main() -> int:
                         "old-vs-new BCR-Net comparison")
     p.add_argument("--precision", default="fp32", metavar="fp32[,bf16]",
                    help="--network: the step in fp32 and/or under bf16 autocast, each against its matmul roofline")
+    p.add_argument("--host-memory", choices=["keep", "release"], default="keep",
+                   help="--network: freed host memory kept for reuse (the trainer's default on the CPU, "
+                        "runtime.host_memory) or the C library's defaults")
     p.add_argument("--profile", type=int, default=0, metavar="K",
                    help="with --network: the K operators of largest self time in one step of each network")
     p.add_argument("--batch", type=int, default=32)
@@ -534,10 +539,14 @@ def main() -> int:
             print(f"bench_model: error: --precision: expected fp32, bf16 or both (comma-separated), got "
                   f"{','.join(args.precision)!r}", file=sys.stderr)
             return 2
+        if args.host_memory == "keep":
+            keep_freed_memory()
     else:
         args.size, args.alpha = args.size or 128, args.alpha or 40
     n = args.size
     what = f"networks {args.network}" if args.network is not None else f"BCR-Net α = {args.alpha}"
+    if args.network is not None:
+        what += f" (freed host memory: {args.host_memory})"
     print(f"{what}, {n}×{n} → {n}×{n}, batch {args.batch}, fp32 weights, MSE + backward + "
           f"NAdam; torch {torch.__version__}, {torch.get_num_threads()} CPU threads; {cpu_description()}; "
           f"load average {os.getloadavg()[0]:.2f}")
