@@ -31,11 +31,11 @@ trains, each precision its own copy of the network), MSE on the output, freed ho
 trainer keeps it on the CPU (`--host-memory release`: the C library's defaults). A Born-based network gets its
 damped least-squares layer (cnnb, study_bcnn) or a Tikhonov layer of fixed λ (bcnn: the run would choose λ on
 validation; the cost does not depend on it). The networks take turns as the variants above; per network it prints
-the parameters, GFLOP per sample of a train step (forward + backward by FlopCounterMode, counted on two samples; a
-Born layer's products included), ms per sample (median of the rounds, min–max), the arithmetic rate and its
-fraction of the matmul roofline of its precision (fp32 or bf16) measured in the same run. `--profile K` then
-profiles one step of each network (torch.profiler, CPU) and prints its K operators of largest self time, with
-their input shapes.
+the parameters, GFLOP per sample of a train step (forward + backward by FlopCounterMode, counted on two and four
+samples and extended to the batch; a Born layer's products included), ms per sample (median of the rounds,
+min–max), the arithmetic rate and its fraction of the matmul roofline of its precision (fp32 or bf16) measured in
+the same run. `--profile K` then profiles one step of each network (torch.profiler, CPU) and prints its K
+operators of largest self time, with their input shapes.
 """
 
 from __future__ import annotations
@@ -417,10 +417,12 @@ def bench_networks(args, device: torch.device) -> dict:
             variants.append(v)
         inputs[name] = torch.randn(batch, *shape, generator=gen).to(device)
         params[name] = sum(p.numel() for p in model.parameters())
-        # counted in fp32 on two samples (a step's FLOPs are linear in the batch), which saves a full step per
-        # network; the same operations run under bf16 autocast
+        # counted in fp32 on two and four samples and extended to the batch: a step's FLOPs are affine in the
+        # batch, not proportional to it (NIO evaluates its trunk on the grid once per step, whatever the batch);
+        # this saves a full step per network. The same operations run under bf16 autocast.
         fp32 = Variant(name, model, lambda m, x: m(x), make_optimizer(cfg, model.parameters(), LR), None, device)
-        flops[name] = step_flops(fp32, inputs[name][:2], y[:2]) * batch // 2
+        two, four = (step_flops(fp32, inputs[name][:k], y[:k]) for k in (2, 4))
+        flops[name] = two + (four - two) * (batch - 2) // 2
     peaks = {precision: [matmul_gflops(device, MATMUL_DTYPES[precision])] for precision in args.precision}
     for v in variants:  # warm-up
         v.step(inputs[v.name], y)

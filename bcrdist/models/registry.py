@@ -19,8 +19,8 @@ A network class says, as class attributes and class methods:
 - `uses_units`: whether `forward` needs the model's normalisation (`Units`: a Born layer works on the raw far
   field and in physical units);
 - `train_gflop` (optional): GFLOP per sample of a train step (forward + backward) at the study's shape (a
-  100 × 100 far field → a 100 × 100 image) and the network's default sizes, as `tools/bench_model.py --network`
-  counts them; `bcrdist matrix --dry-run` scales a training's cost from it (None: from BCR-Net's measured rule);
+  100 × 100 far field → a 100 × 100 image), the network's default sizes and batch 32, as `tools/bench_model.py
+  --network` counts them; `bcrdist matrix --dry-run` scales a training's cost from it (None: from BCR-Net's measured rule);
 - `config()` (instance): the constructor arguments as plain values, which checkpoints store and
   `cls(**config)` rebuilds — a Born layer's definition included, never its matrices;
 - `forward(x, return_aux=False[, units=…])`: x (B, Ns, Nd') normalised network input → (B, Nt, Nr) in network
