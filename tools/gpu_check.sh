@@ -7,8 +7,8 @@
 #      mode="reduce-overhead", measured only), fp32 and bf16 autocast — ms/step, launches (aten operators and
 #      CUDA kernels), peak memory, roofline — and a short bf16-vs-fp32 training;
 #   3b. the train step of every registered network at the study's shape (tools/bench_model.py --network all:
-#      100 × 100 far field and image, the study's sizes, batch 32, fp32, NAdam) — GFLOP and ms per sample,
-#      fraction of the fp32 matmul roofline measured in the same run;
+#      100 × 100 far field and image, the study's sizes, batch 32, fp32 and bf16 autocast, NAdam) — GFLOP and
+#      ms per sample, fraction of the fp32 (bf16) matmul roofline measured in the same run;
 #   4. DDP over NCCL with 1 process (torchrun): DDP and DDP + torch.compile equal the plain step, and a NaN
 #      loss survives the all-reduce (the trainer's NaN guard relies on it);
 #   5. `bcrdist train` on the GPU through torchrun (tools/bench_train.py --ranks 1 --torchrun, eager,
@@ -256,7 +256,7 @@ stage "3 train step benchmark" 290 "$PY" tools/bench_model.py --device "$DEVICE"
     --rounds "$ROUNDS" --steps "$STEPS" --no-old-bf16 --train-steps "$TRAIN_STEPS" --train-size "$TRAIN_SIZE" \
     --out "$OUT/bench_model.json"
 stage "3b train step of every network at the study's shape" 240 "$PY" tools/bench_model.py --network all \
-    --device "$DEVICE" "${NETWORK_ARGS[@]}" --out "$OUT/bench_networks.json"
+    --device "$DEVICE" --precision fp32,bf16 "${NETWORK_ARGS[@]}" --out "$OUT/bench_networks.json"
 stage "4 DDP over $BACKEND, 1 process (torchrun)" 70 ddp_check
 stage "5 bcrdist train through torchrun" 50 "$PY" tools/bench_train.py --ranks 1 --torchrun --no-compile \
     --epochs "$TRAIN_EPOCHS" --samples 512 --size "$TRAIN_SIZE" --alpha 8
