@@ -97,7 +97,8 @@ def test_two_rank_torchrun_training_evaluate_and_predict(data, tmp_path, network
                                       "--out", doc)
     finish(evaluating)
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
-    assert metrics["rel_l2"]["mean"] == pytest.approx(results["errors"]["test"]["rel_l2"]["mean"], rel=1e-4)
+    # the same weights and buffers on both ranks (NIO's BatchNorm statistics: rank 0's), other batches only
+    assert metrics["rel_l2"]["mean"] == pytest.approx(results["errors"]["test"]["rel_l2"]["mean"], rel=1e-6)
     finish(predicting)
     with h5py.File(tmp_path / "pred.h5", "r") as fh:
         pred = fh["pred"][:]

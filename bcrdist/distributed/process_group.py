@@ -102,6 +102,18 @@ class DistContext:
             for t in list(module.parameters()) + list(module.buffers()):
                 dist.broadcast(t.data, src=src)
 
+    def broadcast_buffers(self, module: torch.nn.Module, src: int = 0) -> None:
+        """Overwrite every rank's persistent buffers (those of the state dict: BatchNorm's running statistics)
+        with rank `src`'s, as DDP does before each training forward; non-persistent buffers are rebuilt alike
+        on every rank and stay."""
+        if not self.distributed:
+            return
+        with torch.no_grad():
+            for m in module.modules():
+                for name, t in m._buffers.items():
+                    if t is not None and name not in m._non_persistent_buffers_set:
+                        dist.broadcast(t.data, src=src)
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()

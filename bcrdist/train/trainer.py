@@ -197,7 +197,10 @@ class Trainer:
 
     def measure(self, split: str, metrics, heads, when: str, limit="n_valid") -> dict:
         """`evaluate_model` on `split`, refusing non-finite errors with one line naming the split, the samples
-        and what the best weights are."""
+        and what the best weights are. Every rank evaluates with rank 0's buffers: a BatchNorm's running
+        statistics follow each rank's own batches in training, and rank 0's are the model's (DDP's rule, what
+        best.pt holds), so the best weights kept after this evaluation are the same on every rank."""
+        self.ctx.broadcast_buffers(self.model)
         bad = NonFiniteSamples()
         stats = evaluate_model(self.model, self.data.eval_batches(split, limit=limit), self.ctx, metrics,
                                heads=heads, on_batch=bad)
