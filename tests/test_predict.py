@@ -92,7 +92,9 @@ def test_predict_gives_evaluates_predictions_for_every_input_kind(tmp_path, caps
             pred = pred[N // 2:]
         else:
             assert got_index.tolist() == (index.tolist() if kind == "split" else list(range(N // 2)))
-        np.testing.assert_allclose(pred, expected, rtol=1e-5, atol=1e-6, err_msg=kind)
+        # the same float32 network on other batches: oneDNN may pick another kernel for another batch size (it
+        # does on AVX-512/AMX machines), so entries agree to float32 rounding of the output's scale
+        np.testing.assert_allclose(pred, expected, rtol=1e-5, atol=2e-6 * np.abs(expected).max(), err_msg=kind)
         grid = GRIDS[layout]
         assert attrs["layout"] == grid.target and attrs["model_type"] == model.model_type
         assert json.loads(attrs["grid"])["k"] == grid.k and attrs["input_kind"] == \
