@@ -64,6 +64,7 @@ import torch_reference as ref  # noqa: E402
 from bcrdist.config import load_config  # noqa: E402
 from bcrdist.errors import ConfigError  # noqa: E402
 from bcrdist.models import BCRNet, network_class, network_names  # noqa: E402
+from bcrdist.models.bcrnet import resolve_levels  # noqa: E402
 from bcrdist.models.registry import NetworkIO  # noqa: E402
 from bcrdist.models.scattering import ScatteringModel  # noqa: E402
 from bcrdist.physics.born_definition import BornDefinition  # noqa: E402
@@ -311,14 +312,15 @@ def bf16_training(args, device: torch.device) -> dict:
     gen = torch.Generator().manual_seed(5)
     x_train = torch.randn(32 * batch, n, n, generator=gen).to(device)
     x_val = torch.randn(8 * batch, n, n, generator=gen).to(device)
+    levels = resolve_levels(n, None, padded=False)  # 100 → 2, as the study's BCR-Net
     torch.manual_seed(123)
-    teacher = BCRNet((n, n), (n, n), alpha=alpha).to(device)
+    teacher = BCRNet((n, n), (n, n), alpha=alpha, levels=levels).to(device)
     with torch.no_grad():
         y_train, y_val = teacher(x_train), teacher(x_val)
         scale = y_train.std()
         y_train, y_val = y_train / scale, y_val / scale
     torch.manual_seed(0)
-    student = BCRNet((n, n), (n, n), alpha=alpha).to(device)
+    student = BCRNet((n, n), (n, n), alpha=alpha, levels=levels).to(device)
     cfg = TrainConfig()
     runs = {}
     for label, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
@@ -336,7 +338,7 @@ def bf16_training(args, device: torch.device) -> dict:
             sync(device)
             v.times.append(time.perf_counter() - t0)
     result = {}
-    print(f"\nbf16 autocast vs fp32 training ({device.type}): α = {alpha}, {n}×{n}, batch {batch}, "
+    print(f"\nbf16 autocast vs fp32 training ({device.type}): α = {alpha}, L = {levels}, {n}×{n}, batch {batch}, "
           f"{args.train_steps} NAdam steps at lr {LR:g} on {len(x_train)} samples; targets = a random BCR-Net "
           f"(teacher) scaled to unit variance; relative error ‖pred − y‖/‖y‖ in fp32")
     print(f"{'precision':10} {'train rel. err':>15} {'val rel. err':>13} {'ms/step':>8}")
