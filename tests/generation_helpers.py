@@ -1,9 +1,13 @@
 """Shared by the physics and generation tests: a tiny generation config, writing configs and reading a
-generated data set back, and the demo-tier Gaussian configs of the Born-baseline tests."""
+generated data set back, a plain single-process run against `mpiexec -n 2 bcrdist generate`, and the demo-tier
+Gaussian configs of the Born-baseline tests."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -23,6 +27,30 @@ DATASETS = {"measure": ((8, 4), "float32"), "measure_imag": ((8, 4), "float32"),
 
 K = 4 * np.pi          # the demo tier: n = 32, k = 4π, Na = 32, Nr = 16, polar radius 0.5
 NA, NR, RADIUS = 32, 16, 0.5
+
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+# what makes bcrdist take a process for one rank of an MPI launch or a Slurm step
+LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS",
+                 "BCRDIST_MPI")
+
+
+def as_plain_process(monkeypatch) -> None:
+    """This test process as a plain run: no launcher variables, and mpi4py unimportable (a plain run must not
+    initialise MPI)."""
+    for var in LAUNCHER_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+
+
+def mpiexec_generate(config: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
+    """`mpiexec -n 2 bcrdist generate --config CONFIG --out OUT --quiet ARGS`, in this environment less the
+    launcher variables of the test process."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    return subprocess.run([str(VENV_BIN / "mpiexec"), "-n", "2", sys.executable, "-m", "bcrdist", "generate",
+                           "--config", str(config), "--out", str(out), "--quiet", *args],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
 def write_config(path: Path, data: dict) -> Path:

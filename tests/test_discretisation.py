@@ -4,11 +4,7 @@ series for a disc, the manifest record written by `bcrdist generate` and `bcrdis
 rerun, the same for 1 and 2 MPI ranks), printed by `bcrdist stats`/`verify`, and bad input."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,10 +16,8 @@ from bcrdist.data.generate import generate
 from bcrdist.physics.discretisation import DiscretisationCheck, single_disc
 from bcrdist.physics.generation_config import GenerationConfig
 from bcrdist.physics.mie import mie_far_field
-from generation_helpers import TINY, write_config
+from generation_helpers import TINY, VENV_BIN, as_plain_process, mpiexec_generate, write_config
 
-ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
 
 # single discs of the study's family at k = 16 in the box [−1, 1]², 16 directions on the endpoint grid
 DISC = {"n": 16, "box": 2.0, "k_over_pi": 16 / np.pi, "Na": 16, "layout": "farfield", "angles": "endpoint",
@@ -152,16 +146,9 @@ def test_one_and_two_mpi_ranks_give_the_same_data_and_record(tmp_path, monkeypat
     if shutil.which("mpiexec", path=str(VENV_BIN)) is None:
         pytest.skip("mpiexec not installed in the environment")
     cfg_path = write_config(tmp_path / "disc.yaml", DISC)
-    launcher_vars = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "SLURM_NTASKS",
-                     "SLURM_STEP_NUM_TASKS", "BCRDIST_MPI")
-    for var in launcher_vars:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    as_plain_process(monkeypatch)
     generate(from_dict(GenerationConfig, DISC), tmp_path / "p1", progress=False, accuracy_samples=3)
-    env = {k: v for k, v in os.environ.items() if k not in launcher_vars}
-    two = subprocess.run([str(VENV_BIN / "mpiexec"), "-n", "2", sys.executable, "-m", "bcrdist", "generate",
-                          "--config", str(cfg_path), "--out", str(tmp_path / "p2"), "--quiet",
-                          "--accuracy-samples", "3"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    two = mpiexec_generate(cfg_path, tmp_path / "p2", "--accuracy-samples", "3")
     assert two.returncode == 0, two.stderr
     m1, m2 = (json.loads((tmp_path / p / "manifest.json").read_text()) for p in ("p1", "p2"))
     for m in (m1, m2):

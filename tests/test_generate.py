@@ -2,11 +2,7 @@
 refusal of other settings, and byte-identical data from 1 and 2 MPI ranks."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,10 +12,9 @@ from bcrdist.config import load_config
 from bcrdist.data.generate import generate
 from bcrdist.errors import DataError
 from bcrdist.physics.generation_config import GenerationConfig
-from generation_helpers import DATASETS, TINY, read_dataset, write_config
+from generation_helpers import (DATASETS, TINY, VENV_BIN, as_plain_process, mpiexec_generate,
+                                read_dataset, write_config)
 
-ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -63,19 +58,12 @@ def test_mpi_two_ranks_write_byte_identical_data(tmp_path, monkeypatch):
     if shutil.which("mpiexec", path=str(VENV_BIN)) is None:
         pytest.skip("mpiexec not installed in the environment")
     cfg_path = write_config(tmp_path / "tiny.yaml", TINY)
-    launcher_vars = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "SLURM_NTASKS",
-                     "SLURM_STEP_NUM_TASKS", "BCRDIST_MPI")
-    for var in launcher_vars:
-        monkeypatch.delenv(var, raising=False)
     # P = 1 in this process, two threads (the ranks below use one each), with mpi4py made unimportable:
     # a plain run must not initialise MPI
-    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    as_plain_process(monkeypatch)
     generate(load_config(cfg_path, GenerationConfig), tmp_path / "p1", threads=2, progress=False)
-    env = {k: v for k, v in os.environ.items() if k not in launcher_vars}
-    two = subprocess.run([str(VENV_BIN / "mpiexec"), "-n", "2", sys.executable, "-m", "bcrdist", "generate",
-                          "--config", str(cfg_path), "--out", str(tmp_path / "p2"), "--quiet",
-                          "--accuracy-samples", "0"],   # the record's seconds differ: tests/test_discretisation.py
-                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    # the record's seconds differ: tests/test_discretisation.py
+    two = mpiexec_generate(cfg_path, tmp_path / "p2", "--accuracy-samples", "0")
     assert two.returncode == 0, two.stderr
     m1 = json.loads((tmp_path / "p1" / "manifest.json").read_text())
     m2 = json.loads((tmp_path / "p2" / "manifest.json").read_text())

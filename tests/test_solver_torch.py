@@ -4,11 +4,7 @@
 comparisons on a GPU."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,11 +18,9 @@ from bcrdist.physics.sampling import SampleMaker
 from bcrdist.physics.scatterers import KIND_ELLIPSE, Scatterer
 from bcrdist.physics.solver import ConvergenceError, ScatteringSolver
 from bcrdist.physics.solver_torch import TorchScatteringSolver
-from generation_helpers import TINY, read_dataset, write_config
+from generation_helpers import TINY, VENV_BIN, as_plain_process, mpiexec_generate, read_dataset, write_config
 from scattering_reference import mie_far_field
 
-ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
 K = 8 * np.pi
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -134,17 +128,9 @@ def test_batched_generation_is_independent_of_the_rank_count(tmp_path, monkeypat
     # runs of 2 samples from each 3-sample shard: 2 + 1 per shard, written by rank s mod P
     data = {**TINY, "samples_per_shard": 3, "solver": {"backend": "torch", "batch": 2}}
     cfg_path = write_config(tmp_path / "tiny.yaml", data)
-    launcher_vars = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "SLURM_NTASKS",
-                     "SLURM_STEP_NUM_TASKS", "BCRDIST_MPI")
-    for var in launcher_vars:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    as_plain_process(monkeypatch)
     generate(load_config(cfg_path, GenerationConfig), tmp_path / "p1", progress=False)
-    env = {k: v for k, v in os.environ.items() if k not in launcher_vars}
-    two = subprocess.run([str(VENV_BIN / "mpiexec"), "-n", "2", sys.executable, "-m", "bcrdist", "generate",
-                          "--config", str(cfg_path), "--out", str(tmp_path / "p2"), "--quiet", "--device", "cpu",
-                          "--accuracy-samples", "0"],
-                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    two = mpiexec_generate(cfg_path, tmp_path / "p2", "--device", "cpu", "--accuracy-samples", "0")
     assert two.returncode == 0, two.stderr
     m1 = json.loads((tmp_path / "p1" / "manifest.json").read_text())
     m2 = json.loads((tmp_path / "p2" / "manifest.json").read_text())
