@@ -108,11 +108,11 @@ class DistContext:
         on every rank and stay."""
         if not self.distributed:
             return
+        buffers = dict(module.named_buffers())
         with torch.no_grad():
-            for m in module.modules():
-                for name, t in m._buffers.items():
-                    if t is not None and name not in m._non_persistent_buffers_set:
-                        dist.broadcast(t.data, src=src)
+            for name, t in module.state_dict(keep_vars=True).items():
+                if name in buffers:
+                    dist.broadcast(t.data, src=src)
 
     def barrier(self) -> None:
         if self.distributed:
